@@ -1,0 +1,118 @@
+"""Command line: `imagine-bot run | generate | tiny-model`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("bot")
+
+
+class RedactSecrets(logging.Filter):
+    """Defence in depth: even if a secret reaches a log call, it never reaches the log."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 8]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(secret in message for secret in self.secrets):
+                for secret in self.secrets:
+                    message = message.replace(secret, "[redacted]")
+                record.msg, record.args = message, None
+        return True
+
+
+def configure_logging(level: str, secrets: list[str] | None = None) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets(secrets or []))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in ("discord.gateway", "discord.http", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.INFO))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagine-bot", description=__doc__)
+    parser.add_argument("--config", type=Path, help="your config file (TOML)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("run", help="start the Discord bot")
+
+    generate = commands.add_parser("generate", help="make an image without Discord")
+    generate.add_argument("prompt")
+    generate.add_argument("--negative", default=None, help="negative prompt")
+    generate.add_argument("--model", default=None, help="a configured model name")
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--ar", dest="aspect_ratio", help="aspect ratio, e.g. 16:9")
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--guidance", "--cfg", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--sampler")
+    generate.add_argument("--count", type=int, help="1-4 images (one batched call) + grid")
+    generate.add_argument("--out", type=Path, default=Path("image.png"))
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    tiny = commands.add_parser("tiny-model", help="build a tiny random-weight model to smoke-test")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--family", choices=("sd1", "sdxl"), default="sd1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from bot.settings import SettingsError, load_settings
+
+    try:
+        if args.command == "tiny-model":
+            return _tiny_model(args)
+        settings = load_settings(args.config, require_token=args.command == "run")
+    except SettingsError as error:
+        print(f"imagine-bot: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, [settings.discord.token])
+    if args.command == "generate":
+        return _generate(args, settings)
+    from bot.app import run_bot
+
+    try:
+        asyncio.run(run_bot(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
+    from inference.testing import save_tiny_model, tiny_model_spec_toml
+
+    tiny = save_tiny_model(args.directory, family=args.family)
+    print(f"Tiny {args.family} model written to {args.directory}. Add to your config:\n")
+    print(tiny_model_spec_toml(tiny))
+    return 0
+
+
+def _generate(args: argparse.Namespace, settings: object) -> int:
+    from bot.cli_generate import generate_to_files
+    from inference.errors import InferenceError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        paths = generate_to_files(args, settings)  # type: ignore[arg-type]
+    except InferenceError as error:
+        print(f"imagine-bot: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

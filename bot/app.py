@@ -1,0 +1,85 @@
+"""Start-up and shutdown: store, queue and bot opened in one AsyncExitStack, closed in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+from bot.client import ImagineBot, Services, point_discord_at
+from bot.limits import LimitPolicy, RateLimiter
+from bot.settings import Settings
+from bot.store import Store
+from bot.submission import Submitter
+from inference.generator import DiffusersGenerator
+from inference.queue import JobQueue, QueueSettings
+from inference.tokens import count_prompt_tokens
+
+logger = logging.getLogger(__name__)
+
+
+def limit_policy(settings: Settings) -> LimitPolicy:
+    rate = settings.rate
+    return LimitPolicy(
+        images_per_window=rate.images_per_window,
+        window_s=rate.window_minutes * 60,
+        max_queued_per_user=settings.queue.max_queued_per_user,
+        guild_images_per_window=rate.guild_images_per_window or None,
+        guild_window_s=rate.guild_window_minutes * 60,
+        exempt_user_ids=rate.exempt_user_ids,
+        exempt_role_ids=rate.exempt_role_ids,
+    )
+
+
+def queue_settings(settings: Settings) -> QueueSettings:
+    q = settings.queue
+    return QueueSettings(
+        output_dir=settings.output_dir,
+        max_queued=q.max_queued,
+        max_queued_per_user=q.max_queued_per_user,
+        max_batch_images=q.max_batch_images,
+        batching=q.batching,
+        resume_after_restart=q.resume_after_restart,
+    )
+
+
+async def run_bot(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM or the gateway closes; then shut down cleanly."""
+    point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    generator = DiffusersGenerator(settings.model_specs(), settings.runtime)
+    # Fail at start, with the model named, rather than on somebody's first /imagine.
+    for spec in settings.models:
+        info = generator.model_info(spec.name)
+        logger.info("model %s: %s %s, %d px", spec.name, info.family, info.variant, info.native_size)
+
+    async with AsyncExitStack() as stack:
+        store = await Store.open(settings.database)
+        stack.push_async_callback(store.close)
+        queue = JobQueue(generator, store, queue_settings(settings))
+        await queue.start()
+        stack.push_async_callback(queue.close)  # the running job goes back in line
+        limiter = RateLimiter(store, limit_policy(settings))
+        submitter = Submitter(settings, store, queue, limiter, generator, count_prompt_tokens)
+        bot = ImagineBot(Services(settings, store, queue, limiter, submitter))
+        stack.push_async_callback(bot.close)
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
+                loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(bot.start(settings.discord.token), name="discord-client")
+        stopper = asyncio.create_task(stop.wait(), name="wait-for-signal")
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if runner in done:
+            runner.result()  # a login failure or a fatal gateway close: raise it
+        else:
+            logger.info("signal received: shutting down")
+            await bot.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+    logger.info("stopped cleanly")

@@ -1,0 +1,119 @@
+"""ImagineBot: the discord.py client. Its dependencies are passed in, never opened here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import user_message
+from bot.limits import RateLimiter
+from bot.settings import Settings
+from bot.store import Store
+from bot.submission import Submitter
+from inference.queue import JobQueue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: Store
+    queue: JobQueue
+    limiter: RateLimiter
+    submitter: Submitter
+
+
+def point_discord_at(api_base: str, gateway_url: str) -> None:
+    """discord.py has no public option for another API host (DESIGN.md): set the class
+    attributes it reads. Pinned to discord.py 2.7 in pyproject; a test covers this."""
+    discord.http.Route.BASE = api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+def is_moderator(member: discord.abc.User | None, moderator_role_ids: frozenset[int]) -> bool:
+    if not isinstance(member, discord.Member):
+        return False
+    if member.guild_permissions.manage_messages:
+        return True
+    return any(role.id in moderator_role_ids for role in member.roles)
+
+
+class ImagineBot(commands.Bot):
+    def __init__(self, services: Services, *, guild_ready_timeout: float = 2.0) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_reactions = True  # not privileged; slash commands need no content intent
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            guild_ready_timeout=guild_ready_timeout,
+            allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+        )
+        self.services = services
+        from bot.actions import Actions
+        from bot.delivery import Deliverer
+
+        self.delivery = Deliverer(
+            self, services.store, services.queue, services.settings.progress.edit_interval_s
+        )
+        self.actions = Actions(self)
+
+    async def setup_hook(self) -> None:
+        from bot.cogs.admin import AdminCog
+        from bot.cogs.history import HistoryCog
+        from bot.cogs.imagine import ImagineCog
+        from bot.cogs.reactions import ReactionsCog
+        from bot.delivery import ResultView
+
+        for cog in (ImagineCog(self), ReactionsCog(self), HistoryCog(self), AdminCog(self)):
+            await self.add_cog(cog)
+        self.add_view(ResultView(self))  # persistent buttons survive restarts
+        self.tree.on_error = self.on_app_command_error
+        await self._sync_commands()
+        await self.delivery.resume_after_restart()
+
+    async def _sync_commands(self) -> None:
+        guild_ids = self.services.settings.discord.guild_ids
+        if guild_ids:
+            for guild_id in guild_ids:
+                guild = discord.Object(id=guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+        logger.info("slash commands synced (%s)", "guilds" if guild_ids else "global")
+
+    async def on_ready(self) -> None:
+        logger.info("connected as %s (%s) to %d guilds", self.user, self.user and self.user.id,
+                    len(self.guilds))
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """The one place errors become replies: ephemeral, friendly, never a traceback."""
+        original = getattr(error, "original", error)
+        text = user_message(original)
+        if text.startswith("❌ Something went wrong"):
+            command = interaction.command.name if interaction.command else "?"
+            logger.error("/%s failed for user %s", command, interaction.user.id, exc_info=original)
+        await self.reply_ephemeral(interaction, text)
+
+    @staticmethod
+    async def reply_ephemeral(interaction: discord.Interaction, text: str) -> None:
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException as error:
+            logger.info("could not send an error reply: %s", error)
+
+    async def close(self) -> None:
+        await self.delivery.close()
+        await super().close()

@@ -1,0 +1,120 @@
+"""/imagine-admin: per-guild channels, prompt blocklist and limits (Manage Server only)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import UserFacingError
+from bot.store import GuildSettings
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+
+class AdminCog(commands.Cog):
+    admin = app_commands.Group(
+        name="imagine-admin",
+        description="Server settings for /imagine",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def _settings(self, interaction: discord.Interaction) -> GuildSettings:
+        if interaction.guild_id is None:
+            raise UserFacingError("these settings exist only in a server.")
+        return await self.bot.services.store.get_guild_settings(interaction.guild_id)
+
+    async def _save(self, interaction: discord.Interaction, settings: GuildSettings) -> None:
+        await self.bot.services.store.set_guild_settings(settings)
+        await interaction.response.send_message(describe(settings), ephemeral=True)
+
+    @admin.command(name="show")
+    async def show(self, interaction: discord.Interaction) -> None:
+        """Show this server's /imagine settings"""
+        await interaction.response.send_message(
+            describe(await self._settings(interaction)), ephemeral=True
+        )
+
+    @admin.command(name="allow-channel")
+    async def allow_channel(
+        self, interaction: discord.Interaction, channel: discord.TextChannel
+    ) -> None:
+        """Let /imagine work in this channel (once any is set, only those channels)"""
+        settings = await self._settings(interaction)
+        channels = settings.allowed_channel_ids | {channel.id}
+        await self._save(interaction, replace(settings, allowed_channel_ids=channels))
+
+    @admin.command(name="disallow-channel")
+    async def disallow_channel(
+        self, interaction: discord.Interaction, channel: discord.TextChannel
+    ) -> None:
+        """Remove a channel from the allowed list (an empty list allows every channel)"""
+        settings = await self._settings(interaction)
+        channels = settings.allowed_channel_ids - {channel.id}
+        await self._save(interaction, replace(settings, allowed_channel_ids=channels))
+
+    @admin.command(name="block-word")
+    async def block_word(
+        self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
+    ) -> None:
+        """Refuse prompts containing this word or phrase"""
+        settings = await self._settings(interaction)
+        word = word.strip().lower()
+        if word in settings.blocked_words:
+            raise UserFacingError(f"{word!r} is already blocked.")
+        await self._save(interaction, replace(settings, blocked_words=(*settings.blocked_words, word)))
+
+    @admin.command(name="unblock-word")
+    async def unblock_word(self, interaction: discord.Interaction, word: str) -> None:
+        """Allow a blocked word again"""
+        settings = await self._settings(interaction)
+        words = tuple(w for w in settings.blocked_words if w != word.strip().lower())
+        await self._save(interaction, replace(settings, blocked_words=words))
+
+    @admin.command(name="limits")
+    @app_commands.describe(
+        images_per_window="Images one member may generate per window (0: bot default)",
+        window_minutes="Length of the sliding window in minutes (0: bot default)",
+        max_queued="Jobs one member may have waiting (0: bot default)",
+    )
+    async def limits(
+        self,
+        interaction: discord.Interaction,
+        images_per_window: app_commands.Range[int, 0, 10000] | None = None,
+        window_minutes: app_commands.Range[float, 0, 10080] | None = None,
+        max_queued: app_commands.Range[int, 0, 100] | None = None,
+    ) -> None:
+        """Set this server's rate limits"""
+        settings = await self._settings(interaction)
+        changes: dict[str, float | int | None] = {}
+        for name, value in (
+            ("images_per_window", images_per_window),
+            ("window_minutes", window_minutes),
+            ("max_queued", max_queued),
+        ):
+            if value is not None:
+                changes[name] = value or None  # 0 means back to the bot-wide default
+        await self._save(interaction, replace(settings, **changes))
+
+
+def describe(settings: GuildSettings) -> str:
+    channels = ", ".join(f"<#{c}>" for c in sorted(settings.allowed_channel_ids)) or "all"
+    words = ", ".join(f"`{w}`" for w in settings.blocked_words) or "none"
+
+    def limit(value: float | int | None) -> str:
+        return "bot default" if value is None else f"{value:g}"
+
+    return (
+        f"**Channels:** {channels}\n**Blocked words:** {words}\n"
+        f"**Images per window:** {limit(settings.images_per_window)} · "
+        f"**Window (min):** {limit(settings.window_minutes)} · "
+        f"**Max queued per member:** {limit(settings.max_queued)}"
+    )

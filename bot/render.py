@@ -1,0 +1,93 @@
+"""Pure functions from job state to what Discord shows: text, embeds, history lines."""
+
+from __future__ import annotations
+
+import math
+
+import discord
+
+from inference.jobs import JobRecord, JobState
+from inference.types import GenerationRequest, Progress
+
+EMBED_COLOUR = 0x5865F2
+MAX_CONTENT = 2000  # Discord's cap on message content
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def queued_text(job_id: int, position: int, eta_s: float | None, prompt: str) -> str:
+    where = "up next" if position <= 1 else f"#{position} in the queue"
+    eta = "" if eta_s is None else f" · ready in about {format_duration(eta_s)}"
+    return clip(f"🕒 **{clip(prompt, 200)}** — {where}{eta} (job {job_id})", MAX_CONTENT)
+
+
+def progress_bar(fraction: float, width: int = 16) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def progress_text(job_id: int, progress: Progress | None, prompt: str) -> str:
+    if progress is None:
+        return clip(f"🎨 **{clip(prompt, 200)}** — starting… (job {job_id})", MAX_CONTENT)
+    percent = round(progress.fraction * 100)
+    return clip(
+        f"🎨 **{clip(prompt, 200)}** — {progress_bar(progress.fraction)} {percent}% "
+        f"(step {progress.step}/{progress.total}, job {job_id})",
+        MAX_CONTENT,
+    )
+
+
+def result_embed(
+    request: GenerationRequest, job_id: int, elapsed_s: float, notes: tuple[str, ...] = ()
+) -> discord.Embed:
+    embed = discord.Embed(description=clip(request.prompt, 4000), colour=EMBED_COLOUR)
+    if request.negative_prompt:
+        embed.add_field(name="Negative", value=clip(request.negative_prompt, 1024), inline=False)
+    seeds = (
+        str(request.seed)
+        if request.count == 1
+        else f"{request.seed}–{request.seed + request.count - 1}"
+    )
+    embed.add_field(name="Seed", value=seeds)
+    embed.add_field(name="Model", value=request.model)
+    embed.add_field(name="Size", value=f"{request.width}×{request.height}")
+    embed.add_field(name="Steps", value=f"{request.steps} · {request.sampler}")
+    embed.add_field(name="CFG", value=f"{request.guidance:g}")
+    embed.add_field(
+        name="Time", value=format_duration(elapsed_s) if elapsed_s >= 1 else f"{elapsed_s:.2f} s"
+    )
+    footer = f"job {job_id} · 🔄 re-roll · ❌ delete"
+    if notes:
+        footer = " · ".join(notes) + " · " + footer
+    embed.set_footer(text=clip(footer, 2048))
+    return embed
+
+
+def history_line(record: JobRecord, link: str | None) -> str:
+    states = {
+        JobState.DONE: "✅",
+        JobState.FAILED: "❌",
+        JobState.CANCELLED: "🚫",
+        JobState.QUEUED: "🕒",
+        JobState.RUNNING: "🎨",
+    }
+    where = f" — [open]({link})" if link else ""
+    return (
+        f"{states[record.state]} **{record.id}** `{clip(record.request.prompt, 80)}` "
+        f"seed {record.request.seed}{where}"
+    )

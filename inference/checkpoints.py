@@ -1,0 +1,692 @@
+"""Single-file checkpoints read without loading their weights.
+
+A `.safetensors` file starts with an 8-byte little-endian header length and a JSON header that
+names every tensor with its dtype, shape and byte range. That is enough to tell SD 1.x, SD 2.x
+and SDXL apart, to check the file is whole, and to check its shapes against an architecture
+config before diffusers spends seconds (and gigabytes) loading it.
+
+This module also names the original (LDM/CompVis) key of every diffusers weight. Loading uses
+it to prove that no weight was silently left at its random initial value (diffusers loads single
+files with strict=False), and `inference.testing` uses it to write single files.
+
+No torch import here: the bot can inspect models at start-up cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference.errors import CheckpointError, UnsafeCheckpointError
+from inference.types import ModelFamily, ModelVariant, PredictionType
+
+logger = logging.getLogger(__name__)
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
+
+FAMILY_NAMES: Mapping[ModelFamily, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+# Where each component's weights live in an original-format checkpoint.
+LDM_PREFIXES: Mapping[ModelFamily, Mapping[str, str]] = {
+    "sd1": {
+        "unet": "model.diffusion_model.",
+        "vae": "first_stage_model.",
+        "text_encoder": "cond_stage_model.transformer.",
+    },
+    "sd2": {
+        "unet": "model.diffusion_model.",
+        "vae": "first_stage_model.",
+        "text_encoder": "cond_stage_model.model.",
+    },
+    "sdxl": {
+        "unet": "model.diffusion_model.",
+        "vae": "first_stage_model.",
+        "text_encoder": "conditioner.embedders.0.transformer.",
+        "text_encoder_2": "conditioner.embedders.1.model.",
+    },
+}
+# Text encoders stored in OpenCLIP's own layout (fused qkv, resblocks) rather than HF CLIP's.
+OPENCLIP_COMPONENTS = frozenset({("sd2", "text_encoder"), ("sdxl", "text_encoder_2")})
+
+_HEADER_LIMIT = 100 * 1024 * 1024  # real headers are < 1 MiB; a bigger "length" is garbage
+_DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}  # fmt: skip
+_CONVERT_HINT = (
+    "convert it to .safetensors with a tool you trust, e.g. "
+    "`python -c \"import torch, safetensors.torch as s; "
+    "sd = torch.load('in.ckpt', weights_only=True); sd = sd.get('state_dict', sd); "
+    "s.save_file({k: v.contiguous() for k, v in sd.items() if hasattr(v, 'contiguous')}, "
+    "'out.safetensors')\"`"
+)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    start: int = -1  # byte range inside the data section; -1 when not known (pickles)
+    end: int = -1
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """The names, shapes and metadata of a checkpoint's tensors: no weights."""
+
+    path: Path
+    tensors: Mapping[str, TensorEntry]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    data_start: int = -1  # file offset of the data section (safetensors only)
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        entry = self.tensors.get(key)
+        return entry.shape if entry else None
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in self.tensors)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def read_checkpoint_header(path: Path, *, allow_pickle: bool = False) -> CheckpointHeader:
+    """Read a checkpoint's tensor names and shapes, refusing pickles unless allowed."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint file {path} does not exist: check the path in the model's `source`."
+        )
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"{path.name} is a pickle checkpoint ({path.suffix}): loading it can run "
+                f"arbitrary code, so it is refused. Use a .safetensors version of the model, or "
+                f"{_CONVERT_HINT}."
+            )
+        return read_pickle_header(path)
+    return read_safetensors_header(path)
+
+
+def read_safetensors_header(path: Path) -> CheckpointHeader:
+    """Parse and check a safetensors header; raises CheckpointError if the file is not whole."""
+    redownload = "download the file again (or re-export it)"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(
+                    f"{path.name} is empty or truncated ({size} bytes): {redownload}."
+                )
+            (length,) = struct.unpack("<Q", head)
+            if length > _HEADER_LIMIT or length > size - 8:
+                raise CheckpointError(_not_safetensors_message(path, head, length, size))
+            raw = f.read(length)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}.") from exc
+
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{path.name} has a corrupt safetensors header ({exc}): {redownload}."
+        ) from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name} has a corrupt safetensors header: {redownload}.")
+
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, TensorEntry] = {}
+    data_size = size - 8 - length
+    try:
+        for key, info in header.items():
+            dtype = str(info["dtype"])
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+            expected = math.prod(shape) * _DTYPE_SIZES.get(dtype, 0)
+            if _DTYPE_SIZES.get(dtype) is not None and end - start != expected:
+                raise CheckpointError(
+                    f"{path.name} is corrupt: tensor {key} should take {expected} bytes but its "
+                    f"header says {end - start}: {redownload}."
+                )
+            if end > data_size or start < 0 or start > end:
+                raise CheckpointError(
+                    f"{path.name} is truncated: tensor {key} ends at byte {end} of the data but "
+                    f"the file holds only {data_size} data bytes ({size} bytes in all): "
+                    f"{redownload}."
+                )
+            tensors[key] = TensorEntry(dtype, shape, start, end)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path.name} has a corrupt safetensors header (bad entry: {exc}): {redownload}."
+        ) from exc
+    if not tensors:
+        raise CheckpointError(f"{path.name} holds no tensors: {redownload}.")
+    meta = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return CheckpointHeader(path, tensors, meta, data_start=8 + length)
+
+
+def _not_safetensors_message(path: Path, head: bytes, length: int, size: int) -> str:
+    text = head.lstrip()[:8].lower()
+    if text.startswith(b"version"):
+        why = "it is a Git LFS pointer, not the weights: run `git lfs pull` where you cloned it"
+    elif text.startswith((b"<", b"{")):
+        why = "it is text (a web page or an error message?), not a model: download it again"
+    elif length <= _HEADER_LIMIT:
+        why = (
+            f"its header says {length} bytes but the file has only {size}: it is truncated, "
+            "download it again"
+        )
+    else:
+        why = "it does not start with a safetensors header: download it again"
+    return f"{path.name} is not a readable .safetensors checkpoint: {why}."
+
+
+def read_pickle_header(path: Path) -> CheckpointHeader:
+    """Shapes from a pickle checkpoint, loaded with torch's restricted (weights-only) unpickler."""
+    import torch  # only for explicitly allowed pickles
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # old non-zip pickles cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many types; all mean "unusable"
+        raise CheckpointError(
+            f"{path.name} cannot be read as tensors only ({type(exc).__name__}): it may hold "
+            f"Python objects besides weights, or be corrupt; {_CONVERT_HINT}."
+        ) from exc
+    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path.name} does not hold a state dict of tensors.")
+    tensors = {
+        str(k): TensorEntry(str(v.dtype), tuple(v.shape))
+        for k, v in obj.items()
+        if isinstance(v, torch.Tensor)
+    }
+    return CheckpointHeader(path, tensors)
+
+
+def read_tensor_values(header: CheckpointHeader, key: str) -> list[float] | None:
+    """One (small) tensor's values as floats, read straight from a safetensors file."""
+    import numpy as np
+
+    entry = header.tensors.get(key)
+    if entry is None or header.data_start < 0 or entry.dtype not in ("F32", "F16", "BF16"):
+        return None
+    with header.path.open("rb") as f:
+        f.seek(header.data_start + entry.start)
+        raw = f.read(entry.end - entry.start)
+    if entry.dtype == "BF16":  # numpy has no bfloat16: widen to float32 bit patterns
+        values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = np.frombuffer(raw, dtype="<f4" if entry.dtype == "F32" else "<f2")
+    return [float(v) for v in values]
+
+
+# --- recognising -----------------------------------------------------------------------------
+
+
+def detect_family(header: CheckpointHeader) -> ModelFamily:
+    """SD 1.x / SD 2.x / SDXL from the key layout; CheckpointError for anything else."""
+    name = header.path.name
+    if header.has_prefix("conditioner.embedders.1.model."):
+        return "sdxl"
+    if header.has_prefix("conditioner.embedders.0.model."):
+        raise CheckpointError(
+            f"{name} is an SDXL refiner, which only refines other images; imagine-bot needs a "
+            "text-to-image model such as SDXL base."
+        )
+    if header.has_prefix("cond_stage_model.model."):
+        return "sd2"
+    if header.has_prefix("cond_stage_model.transformer."):
+        return "sd1"
+    raise CheckpointError(_unknown_layout_message(header))
+
+
+def _unknown_layout_message(header: CheckpointHeader) -> str:
+    keys = list(header.tensors)
+    name = header.path.name
+    if any("lora_" in k or ".lora." in k or "lora_A" in k for k in keys):
+        return (
+            f"{name} is a LoRA, not a full model: imagine-bot needs a full checkpoint as the "
+            "model's `source`."
+        )
+    if any(k.startswith(("string_to_param", "emb_params", "clip_l", "clip_g")) for k in keys):
+        return f"{name} is a textual-inversion embedding, not a full model."
+    if header.has_prefix("model.diffusion_model."):
+        return (
+            f"{name} holds a UNet but no text encoder weights: use a full checkpoint (UNet, VAE "
+            "and text encoder in one file), or a diffusers folder as the model's `source`."
+        )
+    if any(k.startswith(("encoder.", "decoder.")) for k in keys):
+        return f"{name} looks like a VAE on its own, not a full model."
+    sample = ", ".join(sorted(keys)[:3])
+    return (
+        f"{name} has a key layout imagine-bot does not recognise (e.g. {sample}). Recognised "
+        "single-file layouts: SD 1.x (cond_stage_model.transformer.*), SD 2.x "
+        "(cond_stage_model.model.*) and SDXL base (conditioner.embedders.0/1.*), each with "
+        "model.diffusion_model.* and first_stage_model.*. For another Stable Diffusion "
+        "architecture, convert the model to a diffusers folder and use that folder as `source`, "
+        'or give its architecture with `config = "<diffusers folder>"`.'
+    )
+
+
+def check_components(header: CheckpointHeader, family: ModelFamily) -> None:
+    """Every component the pipeline needs has weights in the file."""
+    labels = {
+        "unet": "UNet",
+        "vae": "VAE",
+        "text_encoder": "text encoder",
+        "text_encoder_2": "second text encoder",
+    }
+    missing = [
+        f"{labels[c]} ({prefix}*)"
+        for c, prefix in LDM_PREFIXES[family].items()
+        if not header.has_prefix(prefix)
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{header.path.name} looks like {FAMILY_NAMES[family]} but has no "
+            f"{' and no '.join(missing)} weights: it is incomplete. Use a full checkpoint or a "
+            "diffusers folder as the model's `source`."
+        )
+
+
+def load_config_json(config_dir: Path, sub: str, filename: str = "config.json") -> dict[str, Any]:
+    path = config_dir / sub / filename
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(
+            f"the architecture config folder {config_dir} has no {sub}/{filename}: point "
+            "`config` at a complete diffusers-layout folder."
+        ) from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object.")
+    return data
+
+
+def check_shapes(
+    header: CheckpointHeader, family: ModelFamily, config_dir: Path, *, shipped: bool
+) -> None:
+    """Compare a handful of telling shapes with the architecture config in `config_dir`.
+
+    A few tensors pin down channel widths, depth and text width; a mismatch here would
+    otherwise surface as a long diffusers traceback (or worse, as a silently partial load).
+    """
+    problems = [
+        *_unet_problems(header, load_config_json(config_dir, "unet")),
+        *_vae_problems(header, load_config_json(config_dir, "vae")),
+    ]
+    for component, prefix in LDM_PREFIXES[family].items():
+        if component.startswith("text_encoder"):
+            te_config = load_config_json(config_dir, component)
+            openclip = (family, component) in OPENCLIP_COMPONENTS
+            problems += _text_problems(header, prefix, te_config, openclip, component)
+    if not problems:
+        return
+    where = (
+        f"the shipped {FAMILY_NAMES[family]} architecture"
+        if shipped
+        else f"the architecture in {config_dir}"
+    )
+    hint = (
+        'If it is a custom or scaled-down model, set `config = "<diffusers folder with its '
+        'architecture>"` for this model.'
+        if shipped
+        else "Point `config` at the folder of the architecture this checkpoint was made with."
+    )
+    conv_in = header.shape("model.diffusion_model.input_blocks.0.0.weight")
+    if conv_in and len(conv_in) == 4 and conv_in[1] == 9:
+        hint = "It is an inpainting model (9 input channels), which imagine-bot does not support."
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    raise CheckpointError(f"{header.path.name} does not match {where}: {shown}. {hint}")
+
+
+def _expect(
+    header: CheckpointHeader, key: str, expected: tuple[int, ...], what: str
+) -> Iterable[str]:
+    actual = header.shape(key)
+    if actual is None:
+        yield f"{what} ({key}) is missing"
+    elif actual != expected:
+        yield f"{what} is {list(actual)}, expected {list(expected)}"
+
+
+def _unet_problems(header: CheckpointHeader, cfg: Mapping[str, Any]) -> list[str]:
+    p = LDM_PREFIXES["sd1"]["unet"]
+    channels = list(cfg.get("block_out_channels", (320, 640, 1280, 1280)))
+    c0, c_last = channels[0], channels[-1]
+    kernel = int(cfg.get("conv_in_kernel", 3))
+    time_dim = int(cfg.get("time_embedding_dim") or c0 * 4)
+    problems = [
+        *_expect(header, p + "input_blocks.0.0.weight",
+                 (c0, int(cfg.get("in_channels", 4)), kernel, kernel), "UNet input conv"),
+        *_expect(header, p + "out.2.weight",
+                 (int(cfg.get("out_channels", 4)), c0, 3, 3), "UNet output conv"),
+        *_expect(header, p + "time_embed.0.weight", (time_dim, c0), "UNet time embedding"),
+        *_expect(header, p + "middle_block.0.in_layers.2.weight",
+                 (c_last, c_last, 3, 3), "UNet middle block"),
+    ]  # fmt: skip
+    if cfg.get("addition_embed_type") == "text_time":
+        problems += _expect(
+            header,
+            p + "label_emb.0.0.weight",
+            (time_dim, int(cfg.get("projection_class_embeddings_input_dim") or 0)),
+            "UNet size/crop embedding",
+        )
+    levels = {int(m.group(1)) for k in header.tensors if (m := _INPUT_BLOCK.match(k))}
+    expected_levels = len(channels) * (int(cfg.get("layers_per_block", 2)) + 1)
+    if levels and len(levels) != expected_levels:
+        problems.append(f"UNet has {len(levels)} input blocks, expected {expected_levels}")
+    cross = cfg.get("cross_attention_dim")
+    if isinstance(cross, int):
+        widths = {
+            entry.shape[1]
+            for k, entry in header.tensors.items()
+            if k.startswith(p) and k.endswith("attn2.to_k.weight") and len(entry.shape) == 2
+        }
+        if widths and widths != {cross}:
+            problems.append(f"UNet cross-attention width is {sorted(widths)}, expected {cross}")
+    return problems
+
+
+_INPUT_BLOCK = re.compile(r"model\.diffusion_model\.input_blocks\.(\d+)\.")
+_TEXT_LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks)\.(\d+)\.")
+
+
+def _vae_problems(header: CheckpointHeader, cfg: Mapping[str, Any]) -> list[str]:
+    p = LDM_PREFIXES["sd1"]["vae"]
+    channels = list(cfg.get("block_out_channels", (128, 256, 512, 512)))
+    latent = int(cfg.get("latent_channels", 4))
+    return [
+        *_expect(header, p + "encoder.conv_in.weight",
+                 (channels[0], int(cfg.get("in_channels", 3)), 3, 3), "VAE input conv"),
+        *_expect(header, p + "decoder.conv_out.weight",
+                 (int(cfg.get("out_channels", 3)), channels[0], 3, 3), "VAE output conv"),
+        *_expect(header, p + "encoder.conv_out.weight",
+                 (2 * latent, channels[-1], 3, 3), "VAE encoder output"),
+        *_expect(header, p + "post_quant_conv.weight", (latent, latent, 1, 1), "VAE latent conv"),
+    ]  # fmt: skip
+
+
+def _text_problems(
+    header: CheckpointHeader,
+    prefix: str,
+    cfg: Mapping[str, Any],
+    openclip: bool,
+    component: str,
+) -> list[str]:
+    label = "second text encoder" if component == "text_encoder_2" else "text encoder"
+    hidden = int(cfg.get("hidden_size", 768))
+    vocab = int(cfg.get("vocab_size", 49408))
+    positions = int(cfg.get("max_position_embeddings", 77))
+    layers = int(cfg.get("num_hidden_layers", 12))
+    if openclip:
+        token, position = prefix + "token_embedding.weight", prefix + "positional_embedding"
+    else:
+        token = prefix + "text_model.embeddings.token_embedding.weight"
+        position = prefix + "text_model.embeddings.position_embedding.weight"
+    problems = [
+        *_expect(header, token, (vocab, hidden), f"{label} token embedding"),
+        *_expect(header, position, (positions, hidden), f"{label} position embedding"),
+    ]
+    found = {
+        int(m.group(1))
+        for k in header.tensors
+        if k.startswith(prefix) and (m := _TEXT_LAYER.search(k[len(prefix) :]))
+    }
+    # OpenCLIP files keep the final layer that SD 2.x / SDXL skip (penultimate-layer output).
+    if (len(found) < layers) if openclip else (len(found) != layers):
+        problems.append(f"{label} has {len(found)} layers, expected {layers}")
+    if openclip and "WithProjection" in str(cfg.get("architectures", "")):
+        projection = int(cfg.get("projection_dim", hidden))
+        problems += _expect(
+            header, prefix + "text_projection", (hidden, projection), f"{label} projection"
+        )
+    return problems
+
+
+# --- variant and prediction type -----------------------------------------------------------
+
+_LCM = re.compile(r"(?<![a-z])lcm(?![a-z])")
+
+
+def variant_from_text(*texts: str) -> ModelVariant | None:
+    """'turbo' / 'lcm' when a name or description says so."""
+    for text in texts:
+        low = text.lower()
+        # Lightning models are few-step, guidance-free distillations like Turbo: same defaults.
+        if "turbo" in low or "lightning" in low:
+            return "turbo"
+        if _LCM.search(low):
+            return "lcm"
+    return None
+
+
+def guess_variant(header: CheckpointHeader) -> ModelVariant:
+    meta = header.metadata
+    return (
+        variant_from_text(
+            meta.get("modelspec.architecture", ""),
+            meta.get("modelspec.title", ""),
+            header.path.stem,
+        )
+        or "base"
+    )
+
+
+_SD2_V_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+
+
+def guess_sd2_prediction(header: CheckpointHeader) -> PredictionType:
+    """SD 2.x comes as 768-px v-prediction and 512-px epsilon ("base") models.
+
+    Order: safetensors metadata, the file name, then a weight statistic (the spread of one
+    LayerNorm bias is much wider in v-prediction models; the same probe ComfyUI uses).
+    """
+    meta = header.metadata
+    declared = meta.get("modelspec.prediction_type", "").lower()
+    if declared in ("v", "v_prediction", "v-prediction"):
+        return "v_prediction"
+    if declared in ("epsilon", "eps"):
+        return "epsilon"
+    arch = meta.get("modelspec.architecture", "").lower()
+    if arch.endswith("-v") or "768-v" in arch:
+        return "v_prediction"
+    if "v2-512" in arch:
+        return "epsilon"
+    stem = header.path.stem.lower()
+    if "base" in stem or "512" in stem:
+        return "epsilon"
+    if "768" in stem or "v-pred" in stem or "vpred" in stem:
+        return "v_prediction"
+    values = read_tensor_values(header, _SD2_V_PROBE)
+    if values:
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        return "v_prediction" if std > 0.09 else "epsilon"
+    return "v_prediction"
+
+
+# --- diffusers key -> original key ---------------------------------------------------------
+
+_RESNET_RENAMES = (
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+)
+_VAE_RESNET_RENAMES = (("conv_shortcut.", "nin_shortcut."),)
+_VAE_ATTN_RENAMES = (
+    ("group_norm.", "norm."),
+    ("to_q.", "q."),
+    ("to_k.", "k."),
+    ("to_v.", "v."),
+    ("to_out.0.", "proj_out."),
+)
+
+_PrefixTable = list[tuple[str, str, tuple[tuple[str, str], ...]]]
+
+
+def _unet_table(cfg: Mapping[str, Any]) -> _PrefixTable:
+    per = int(cfg["layers_per_block"])
+    downs, ups = list(cfg["down_block_types"]), list(cfg["up_block_types"])
+    table: _PrefixTable = [
+        ("conv_in.", "input_blocks.0.0.", ()),
+        ("time_embedding.linear_1.", "time_embed.0.", ()),
+        ("time_embedding.linear_2.", "time_embed.2.", ()),
+        ("add_embedding.linear_1.", "label_emb.0.0.", ()),
+        ("add_embedding.linear_2.", "label_emb.0.2.", ()),
+        ("conv_norm_out.", "out.0.", ()),
+        ("conv_out.", "out.2.", ()),
+        ("mid_block.resnets.0.", "middle_block.0.", _RESNET_RENAMES),
+        ("mid_block.attentions.0.", "middle_block.1.", ()),
+        ("mid_block.resnets.1.", "middle_block.2.", _RESNET_RENAMES),
+    ]
+    for b in range(len(downs)):
+        for i in range(per):
+            n = 1 + b * (per + 1) + i
+            table.append((f"down_blocks.{b}.resnets.{i}.", f"input_blocks.{n}.0.", _RESNET_RENAMES))
+            table.append((f"down_blocks.{b}.attentions.{i}.", f"input_blocks.{n}.1.", ()))
+        n = 1 + b * (per + 1) + per
+        table.append((f"down_blocks.{b}.downsamplers.0.conv.", f"input_blocks.{n}.0.op.", ()))
+    for b, kind in enumerate(ups):
+        for i in range(per + 1):
+            n = b * (per + 1) + i
+            table.append((f"up_blocks.{b}.resnets.{i}.", f"output_blocks.{n}.0.", _RESNET_RENAMES))
+            table.append((f"up_blocks.{b}.attentions.{i}.", f"output_blocks.{n}.1.", ()))
+        # The upsampler follows the last layer's attention, if the block has attention.
+        slot = 2 if "CrossAttn" in kind else 1
+        n = b * (per + 1) + per
+        table.append((f"up_blocks.{b}.upsamplers.0.conv.", f"output_blocks.{n}.{slot}.conv.", ()))
+    return table
+
+
+def _vae_table(cfg: Mapping[str, Any]) -> _PrefixTable:
+    levels = len(cfg["down_block_types"])
+    table: _PrefixTable = [
+        ("encoder.conv_norm_out.", "encoder.norm_out.", ()),
+        ("decoder.conv_norm_out.", "decoder.norm_out.", ()),
+    ]
+    for part in ("encoder", "decoder"):
+        table += [
+            (f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.", _VAE_RESNET_RENAMES),
+            (f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.", _VAE_RESNET_RENAMES),
+            (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _VAE_ATTN_RENAMES),
+        ]
+    for b in range(levels):
+        table.append(
+            (f"encoder.down_blocks.{b}.resnets.", f"encoder.down.{b}.block.", _VAE_RESNET_RENAMES)
+        )
+        table.append(
+            (f"encoder.down_blocks.{b}.downsamplers.0.", f"encoder.down.{b}.downsample.", ())
+        )
+        # The decoder's up blocks are numbered from the other end in the original layout.
+        r = levels - 1 - b
+        table.append(
+            (f"decoder.up_blocks.{b}.resnets.", f"decoder.up.{r}.block.", _VAE_RESNET_RENAMES)
+        )
+        table.append((f"decoder.up_blocks.{b}.upsamplers.0.", f"decoder.up.{r}.upsample.", ()))
+    return table
+
+
+def _apply(table: _PrefixTable, key: str) -> str:
+    best: tuple[str, str, tuple[tuple[str, str], ...]] | None = None
+    for entry in table:
+        if key.startswith(entry[0]) and (best is None or len(entry[0]) > len(best[0])):
+            best = entry
+    if best is None:
+        return key  # same name in both layouts (e.g. quant_conv, encoder.conv_in)
+    rest = key[len(best[0]) :]
+    for old, new in best[2]:
+        # renames apply to one name segment: "norm1." or "<index>.conv_shortcut."
+        if rest.startswith(old):
+            rest = new + rest[len(old) :]
+            break
+        if "." + old in rest:
+            rest = rest.replace("." + old, "." + new, 1)
+            break
+    return best[1] + rest
+
+
+_OPENCLIP_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
+_OPENCLIP_LAYER_PARTS = {
+    "self_attn.q_proj.": "attn.in_proj_",
+    "self_attn.k_proj.": "attn.in_proj_",
+    "self_attn.v_proj.": "attn.in_proj_",
+    "self_attn.out_proj.": "attn.out_proj.",
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+}
+_OPENCLIP_TOP = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+    "text_projection.weight": "text_projection",
+}
+
+
+def _openclip_name(key: str) -> str:
+    key = key.removeprefix("text_model.")
+    if key in _OPENCLIP_TOP:
+        return _OPENCLIP_TOP[key]
+    m = _OPENCLIP_LAYER.fullmatch(key)
+    if m:
+        for old, new in _OPENCLIP_LAYER_PARTS.items():
+            if m.group(2).startswith(old):
+                # q/k/v are one fused tensor in OpenCLIP: in_proj_weight / in_proj_bias
+                return f"transformer.resblocks.{m.group(1)}.{new}{m.group(2)[len(old) :]}"
+    raise KeyError(f"no OpenCLIP name for text encoder weight {key!r}")
+
+
+def _clip_name(key: str) -> str:
+    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); files keep it.
+    if key.startswith("text_model.") or key == "text_projection.weight":
+        return key
+    return "text_model." + key
+
+
+class KeyNamer:
+    """Maps a component's diffusers weight names to the file's original names."""
+
+    def __init__(
+        self, family: ModelFamily, component: str, config: Mapping[str, Any] | None = None
+    ) -> None:
+        self.prefix = LDM_PREFIXES[family][component]
+        self.openclip = (family, component) in OPENCLIP_COMPONENTS
+        self.component = component
+        self._table: _PrefixTable = []
+        if component == "unet":
+            self._table = _unet_table(config or {})
+        elif component == "vae":
+            self._table = _vae_table(config or {})
+
+    def __call__(self, key: str) -> str:
+        if self.component in ("unet", "vae"):
+            return self.prefix + _apply(self._table, key)
+        return self.prefix + (_openclip_name(key) if self.openclip else _clip_name(key))
+
+
+def missing_weights(
+    header: CheckpointHeader, namer: KeyNamer, diffusers_keys: Iterable[str]
+) -> list[str]:
+    """The original names of weights a loaded component expects but the file lacks."""
+    return sorted({name for key in diffusers_keys if (name := namer(key)) not in header.tensors})

@@ -1,0 +1,53 @@
+"""Errors whose message is written for the person who asked for the image.
+
+The bot shows `str(error)` of any InferenceError as-is; everything else is an internal
+failure that is logged and reported only by job id.
+"""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """Base class: the message is safe and useful to show a user."""
+
+
+class InvalidRequestError(InferenceError):
+    """A request option is out of range or malformed. `field` names the option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ModelError(InferenceError):
+    """The model cannot be used: unknown name, missing file, bad checkpoint, no network."""
+
+
+class UnknownModelError(ModelError):
+    pass
+
+
+class CheckpointError(ModelError):
+    """Missing, truncated, corrupt or unrecognised checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle checkpoint, refused because loading it can run arbitrary code."""
+
+
+class HubUnavailableError(ModelError):
+    """A hub id was named but the hub cannot be reached (offline)."""
+
+
+class GenerationCancelled(InferenceError):
+    def __init__(self, message: str = "generation cancelled") -> None:
+        super().__init__(message)
+
+
+class QueueFullError(InferenceError):
+    pass
+
+
+class GenerationFailedError(InferenceError):
+    """The generation itself failed (out of memory after the retry, a backend error)."""

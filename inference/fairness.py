@@ -1,0 +1,74 @@
+"""The order in which waiting jobs run: round-robin across users, fewest model reloads.
+
+Pure functions over plain values, so the policy is easy to read and to test exhaustively.
+
+Rounds: every user with waiting jobs gets one job per round, so one user with ten jobs cannot
+starve the others (a user's k-th waiting job runs in round k; a user already served in the
+current round waits for the next). Inside a round the order is free, so jobs for the model that
+is already loaded go first, then jobs are grouped by model, oldest group first: same fairness,
+fewer reloads.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    job_id: int
+    user_id: int
+    model: str
+    batch_key: Hashable
+    images: int
+    sequence: int  # arrival order; lower is older
+
+
+def fair_order(
+    waiting: Iterable[WaitingJob],
+    served_this_round: frozenset[int] | set[int],
+    loaded_model: str | None,
+) -> list[WaitingJob]:
+    by_user: dict[int, list[WaitingJob]] = defaultdict(list)
+    for job in waiting:
+        by_user[job.user_id].append(job)
+    rounds: dict[int, list[WaitingJob]] = defaultdict(list)
+    for user_id, jobs in by_user.items():
+        jobs.sort(key=lambda job: job.sequence)
+        offset = 1 if user_id in served_this_round else 0
+        for k, job in enumerate(jobs):
+            rounds[k + offset].append(job)
+
+    order: list[WaitingJob] = []
+    current_model = loaded_model
+    for round_number in sorted(rounds):
+        groups: dict[str, list[WaitingJob]] = defaultdict(list)
+        for job in sorted(rounds[round_number], key=lambda job: job.sequence):
+            groups[job.model].append(job)
+        models = sorted(groups, key=lambda model: groups[model][0].sequence)
+        if current_model in groups:
+            models.remove(current_model)
+            models.insert(0, current_model)
+        for model in models:
+            order.extend(groups[model])
+        current_model = models[-1]
+    return order
+
+
+def next_batch(order: Sequence[WaitingJob], max_images: int) -> list[WaitingJob]:
+    """The head of the fair order plus the compatible jobs right behind it.
+
+    Only a prefix is taken, so batching never lets a job overtake one that is ahead of it.
+    """
+    if not order:
+        return []
+    batch = [order[0]]
+    images = order[0].images
+    for job in order[1:]:
+        if job.batch_key != order[0].batch_key or images + job.images > max_images:
+            break
+        batch.append(job)
+        images += job.images
+    return batch

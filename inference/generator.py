@@ -1,0 +1,281 @@
+"""DiffusersGenerator: runs batched pipeline calls with seeds, progress, previews and cancel.
+
+Blocking and not thread-safe (a pipeline's scheduler holds state): exactly one thread, the
+queue's worker thread, calls `generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from inference.device import (
+    Placement,
+    RuntimeOptions,
+    choose_placement,
+    free_accelerator_memory,
+    is_out_of_memory,
+    prepare_pipeline,
+)
+from inference.errors import GenerationCancelled, GenerationFailedError, UnknownModelError
+from inference.images import encode_png, make_grid, parameters_text
+from inference.preview import encode_preview, latents_to_rgb
+from inference.samplers import make_scheduler
+from inference.types import (
+    CancelCheck,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    ModelSpec,
+    Progress,
+    ProgressCallback,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    info: ModelInfo
+    scheduler_config: Any  # the model's own, kept because samplers replace pipe.scheduler
+
+
+class _StepWatcher:
+    """The pipeline's callback_on_step_end: progress, throttled previews, cancellation."""
+
+    def __init__(
+        self,
+        owners: list[int],
+        family: str,
+        on_progress: ProgressCallback | None,
+        is_cancelled: CancelCheck | None,
+        preview_interval_s: float | None,
+    ) -> None:
+        self.owners = owners  # request index of each image in the whole batch
+        self.current = owners  # the same for the pipeline call now running (OOM retry splits)
+        self.family = family
+        self.on_progress = on_progress
+        self.is_cancelled = is_cancelled
+        self.preview_interval_s = preview_interval_s
+        self.last_preview = time.monotonic()
+        self.cancelled: set[int] = set()
+        self.preview_seconds = 0.0
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
+        requests = sorted(set(self.owners))
+        if self.is_cancelled is not None:
+            self.cancelled.update(i for i in requests if self.is_cancelled(i))
+            if len(self.cancelled) == len(requests):
+                raise GenerationCancelled()  # the documented way to stop a pipeline mid-run
+        total = len(pipe.scheduler.timesteps)
+        previews = self._previews(kwargs.get("latents"), step + 1, total)
+        if self.on_progress is not None:
+            for i in sorted(set(self.current)):
+                if i not in self.cancelled:
+                    self.on_progress(i, Progress(step + 1, total, previews.get(i)))
+        return kwargs
+
+    def _previews(self, latents: Any, step: int, total: int) -> dict[int, bytes]:
+        if self.preview_interval_s is None or latents is None or step >= total:
+            return {}
+        now = time.monotonic()
+        if now - self.last_preview < self.preview_interval_s:
+            return {}
+        self.last_preview = now
+        previews = {}
+        for i in sorted(set(self.current)):
+            if i not in self.cancelled:
+                first_image = self.current.index(i)
+                previews[i] = encode_preview(latents_to_rgb(latents[first_image], self.family))
+        self.preview_seconds += time.monotonic() - now
+        return previews
+
+
+class DiffusersGenerator:
+    """The ImageGenerator that runs real diffusers pipelines."""
+
+    def __init__(self, models: Mapping[str, ModelSpec], options: RuntimeOptions) -> None:
+        if not models:
+            raise ValueError("at least one model must be configured")
+        self.models = dict(models)
+        self.options = options
+        self._infos: dict[str, ModelInfo] = {}
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # least recently used first
+        self._placement: Placement | None = None
+        self.last_preview_seconds = 0.0  # measured cost of previews in the last call
+
+    @property
+    def placement(self) -> Placement:
+        if self._placement is None:
+            self._placement = choose_placement(self.options)
+        return self._placement
+
+    def model_info(self, name: str) -> ModelInfo:
+        from inference.models import inspect_model
+
+        if name not in self.models:
+            known = ", ".join(sorted(self.models))
+            raise UnknownModelError(f"model: unknown model {name!r}; available: {known}")
+        if name not in self._infos:
+            self._infos[name] = inspect_model(self.models[name])
+        return self._infos[name]
+
+    def loaded_models(self) -> tuple[str, ...]:
+        return tuple(self._loaded)
+
+    def load(self, name: str) -> _Loaded:
+        """Load (or reuse) a pipeline, evicting the least recently used beyond the cap."""
+        from inference.models import load_pipeline
+
+        if name in self._loaded:
+            self._loaded.move_to_end(name)
+            return self._loaded[name]
+        info = self.model_info(name)
+        while len(self._loaded) >= max(1, self.options.max_resident_models):
+            evicted, _ = self._loaded.popitem(last=False)
+            logger.info("unloading model %s to make room for %s", evicted, name)
+            free_accelerator_memory()
+        started = time.monotonic()
+        pipe = load_pipeline(
+            self.models[name],
+            torch_dtype=self.placement.dtype,
+            allow_pickle=self.options.allow_pickle,
+        )
+        pipe = prepare_pipeline(pipe, self.placement, self.options)
+        loaded = _Loaded(pipe, info, pipe.scheduler.config)
+        self._loaded[name] = loaded
+        logger.info(
+            "loaded model %s (%s) on %s in %.1f s",
+            name,
+            info.family,
+            self.placement.describe(),
+            time.monotonic() - started,
+        )
+        return loaded
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_progress: ProgressCallback | None = None,
+        is_cancelled: CancelCheck | None = None,
+        want_previews: bool = False,
+    ) -> list[GenerationResult | None]:
+        if not requests:
+            return []
+        first = requests[0]
+        if any(r.batch_key() != first.batch_key() for r in requests):
+            raise ValueError("a batch must share model, size, steps, sampler and guidance")
+        loaded = self.load(first.model)
+        started = time.monotonic()
+        owners = [i for i, r in enumerate(requests) for _ in range(r.count)]
+        watcher = _StepWatcher(
+            owners,
+            loaded.info.family,
+            on_progress,
+            is_cancelled,
+            self.options.preview_interval_s if want_previews else None,
+        )
+        notes: tuple[str, ...] = ()
+        try:
+            images = self._run(loaded, requests, watcher, split=False)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            # One retry in a lighter mode before giving up: one image at a time, tiled VAE.
+            logger.warning("out of memory on a batch of %d images; retrying lighter", len(owners))
+            free_accelerator_memory()
+            loaded.pipe.vae.enable_tiling()
+            notes = ("ran out of GPU memory; retried one image at a time with VAE tiling",)
+            try:
+                images = self._run(loaded, requests, watcher, split=True)
+            except Exception as retry_error:
+                if is_out_of_memory(retry_error):
+                    raise GenerationFailedError(
+                        "out of GPU memory even one image at a time; try a smaller size"
+                    ) from retry_error
+                raise
+            finally:
+                if not self.options.vae_tiling:
+                    loaded.pipe.vae.disable_tiling()
+        elapsed = time.monotonic() - started
+        self.last_preview_seconds = watcher.preview_seconds
+        return self._results(requests, images, owners, watcher.cancelled, elapsed, notes)
+
+    def _run(
+        self,
+        loaded: _Loaded,
+        requests: Sequence[GenerationRequest],
+        watcher: _StepWatcher,
+        *,
+        split: bool,
+    ) -> list[Image.Image]:
+        import torch
+
+        first = requests[0]
+        pipe = loaded.pipe
+        seeds = [seed for r in requests for seed in r.seeds()]
+        prompts = [r.prompt for r in requests for _ in range(r.count)]
+        negatives = [r.negative_prompt for r in requests for _ in range(r.count)]
+        chunks = [[i] for i in range(len(seeds))] if split else [list(range(len(seeds)))]
+        images: list[Image.Image] = []
+        for chunk in chunks:
+            # Fresh scheduler per call: schedulers keep per-run state (step index, history).
+            pipe.scheduler = make_scheduler(
+                first.sampler, loaded.scheduler_config, trailing=loaded.info.variant == "turbo"
+            )
+            # CPU generators: the same seed gives the same noise on every device.
+            generators = [torch.Generator("cpu").manual_seed(seeds[i]) for i in chunk]
+            watcher.current = [watcher.owners[i] for i in chunk]
+            with torch.inference_mode():
+                output = pipe(
+                    prompt=[prompts[i] for i in chunk],
+                    negative_prompt=[negatives[i] for i in chunk],
+                    width=first.width,
+                    height=first.height,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    generator=generators,
+                    callback_on_step_end=watcher,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    output_type="pil",
+                )
+            images.extend(output.images)
+        return images
+
+    @staticmethod
+    def _results(
+        requests: Sequence[GenerationRequest],
+        images: list[Image.Image],
+        owners: list[int],
+        cancelled: set[int],
+        elapsed: float,
+        notes: tuple[str, ...],
+    ) -> list[GenerationResult | None]:
+        results: list[GenerationResult | None] = []
+        for index, request in enumerate(requests):
+            if index in cancelled:
+                results.append(None)
+                continue
+            own = [images[k] for k, owner in enumerate(owners) if owner == index]
+            generated = tuple(
+                GeneratedImage(
+                    png=encode_png(image, parameters_text(request, seed)),
+                    seed=seed,
+                    width=image.width,
+                    height=image.height,
+                )
+                for image, seed in zip(own, request.seeds(), strict=True)
+            )
+            grid = None
+            if len(own) > 1:
+                grid = encode_png(make_grid(own), parameters_text(request, request.seed))
+            results.append(GenerationResult(request, generated, grid, elapsed, notes))
+        return results

@@ -1,0 +1,574 @@
+"""From a model spec (diffusers folder, single-file checkpoint or hub id) to a pipeline.
+
+`inspect_model` answers "what is this model?" from configs and file headers only, so the bot
+can check its config at start-up in milliseconds. `load_pipeline` does the slow part. Single
+files load against the architecture configs shipped in `inference/configs/` (or the folder
+named by `config`), with tokenizers built from the CLIP merges shipped beside them, so
+loading never touches the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from inference.checkpoints import (
+    CONFIGS_DIR,
+    FAMILY_NAMES,
+    LDM_PREFIXES,
+    PICKLE_SUFFIXES,
+    CheckpointHeader,
+    KeyNamer,
+    check_components,
+    check_shapes,
+    detect_family,
+    guess_sd2_prediction,
+    guess_variant,
+    load_config_json,
+    missing_weights,
+    read_checkpoint_header,
+    variant_from_text,
+)
+from inference.errors import CheckpointError, HubUnavailableError, InferenceError, ModelError
+from inference.types import (
+    ModelFamily,
+    ModelInfo,
+    ModelSpec,
+    ModelVariant,
+    PredictionType,
+    SourceKind,
+)
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+
+logger = logging.getLogger(__name__)
+
+CLIP_MERGES = CONFIGS_DIR / "clip_merges.txt.gz"
+CLIP_MAX_LENGTH = 77  # CLIP's position table; a tokenizer built by hand must be told
+
+_SD_PIPELINES = frozenset({"StableDiffusionPipeline", "LatentConsistencyModelPipeline"})
+_SDXL_PIPELINES = frozenset({"StableDiffusionXLPipeline"})
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_NATIVE_SIZE: dict[ModelFamily, int] = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+
+# (steps, guidance, sampler) per family and variant.
+_BASE_DEFAULTS: dict[ModelFamily, tuple[int, float, str]] = {
+    "sd1": (25, 7.0, "DPM++ 2M Karras"),
+    "sd2": (25, 7.0, "DPM++ 2M Karras"),
+    "sdxl": (30, 6.0, "DPM++ 2M Karras"),
+}
+_VARIANT_DEFAULTS: dict[ModelVariant, tuple[int, float, str]] = {
+    "turbo": (4, 0.0, "Euler a"),
+    "lcm": (6, 1.5, "LCM"),
+}
+
+
+def generation_defaults(family: ModelFamily, variant: ModelVariant) -> tuple[int, float, str]:
+    """Default (steps, guidance, sampler) for a model family and variant."""
+    return _VARIANT_DEFAULTS.get(variant) or _BASE_DEFAULTS[family]
+
+
+def shipped_config_dir(family: ModelFamily) -> Path:
+    return CONFIGS_DIR / family
+
+
+# --- tokenizers ----------------------------------------------------------------------------
+
+
+@functools.cache
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    # CLIP's vocabulary is derived from its merges: the 256 byte symbols, the same with the
+    # end-of-word mark, one token per merge, then the two special tokens (49408 in all).
+    with gzip.open(CLIP_MERGES, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [(a, b) for a, b in (line.split() for line in lines[1:] if line.strip())]
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level BPE: printable bytes map to themselves, the rest to code points
+    # from 256 up, so every byte has a visible, non-whitespace symbol.
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+def clip_tokenizer(
+    pad_token: str = "<|endoftext|>", model_max_length: int = CLIP_MAX_LENGTH
+) -> CLIPTokenizer:
+    """The real CLIP BPE tokenizer, built offline from the shipped merges.
+
+    SD 1.x and SDXL's first tokenizer pad with "<|endoftext|>"; SD 2.x and SDXL's second
+    (OpenCLIP) tokenizer pad with "!".
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab_and_merges()
+    return CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        pad_token=pad_token,
+        model_max_length=model_max_length,
+    )
+
+
+def _tokenizer_for(config_dir: Path, sub: str) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
+    folder = config_dir / sub
+    if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        if not tokenizer.model_max_length or tokenizer.model_max_length > CLIP_MAX_LENGTH:
+            tokenizer.model_max_length = CLIP_MAX_LENGTH
+        return tokenizer
+    cfg: dict[str, Any] = {}
+    if (folder / "tokenizer_config.json").is_file():
+        cfg = load_config_json(config_dir, sub, "tokenizer_config.json")
+    pad = cfg.get("pad_token", "<|endoftext|>")
+    if isinstance(pad, dict):  # serialised AddedToken
+        pad = pad.get("content", "<|endoftext|>")
+    length = int(cfg.get("model_max_length") or CLIP_MAX_LENGTH)
+    return clip_tokenizer(pad_token=str(pad), model_max_length=min(length, CLIP_MAX_LENGTH))
+
+
+# --- resolving a spec ----------------------------------------------------------------------
+
+
+def classify_source(source: str) -> tuple[SourceKind, Path | str]:
+    """'folder' (diffusers layout), 'single_file' or 'hub', with the path or hub id.
+
+    Raises CheckpointError when `source` names a path that does not exist or is not usable.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            return "folder", path
+        raise CheckpointError(
+            f"{path} is a folder but not a diffusers model (it has no model_index.json): point "
+            "`source` at a diffusers folder or at a .safetensors checkpoint file."
+        )
+    if path.is_file():
+        return "single_file", path
+    looks_like_file = path.suffix.lower() in {*PICKLE_SUFFIXES, ".safetensors", ".sft"}
+    if _HUB_ID.fullmatch(source) and not looks_like_file:
+        return "hub", source
+    raise CheckpointError(
+        f"model source {source} does not exist: check the path (relative paths start from "
+        f"{Path.cwd()}), or give a hub id such as 'org/name'."
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything loading needs, found without loading weights."""
+
+    info: ModelInfo
+    location: Path | str
+    pipeline_class: str  # "StableDiffusionPipeline" | "StableDiffusionXLPipeline"
+    config_dir: Path | None = None  # single files: the architecture configs
+    header: CheckpointHeader | None = None  # single files
+    prediction_type: PredictionType | None = None  # None keeps the scheduler's own
+    latent_size: int | None = None  # overrides unet.sample_size when the config's is wrong
+
+
+def inspect_model(spec: ModelSpec, *, allow_pickle: bool = False) -> ModelInfo:
+    """What the model is (family, variant, native size, defaults) without loading weights."""
+    return _plan(spec, allow_pickle).info
+
+
+def _plan(spec: ModelSpec, allow_pickle: bool) -> _Plan:
+    kind, location = classify_source(spec.source)
+    if kind == "folder":
+        assert isinstance(location, Path)
+        return _plan_folder(spec, location)
+    if kind == "single_file":
+        assert isinstance(location, Path)
+        return _plan_single_file(spec, location, allow_pickle)
+    return _plan_hub(spec, str(location))
+
+
+def _info(
+    spec: ModelSpec,
+    family: ModelFamily,
+    variant: ModelVariant,
+    kind: SourceKind,
+    native_size: int,
+) -> ModelInfo:
+    steps, guidance, sampler = generation_defaults(family, variant)
+    return ModelInfo(
+        name=spec.name,
+        family=family,
+        variant=variant,
+        source_kind=kind,
+        native_size=native_size,
+        default_steps=steps,
+        default_guidance=guidance,
+        default_sampler=sampler,
+    )
+
+
+def family_from_configs(pipeline_class: str, unet: dict[str, Any]) -> ModelFamily:
+    """The family of a diffusers-layout model from its pipeline class and UNet config."""
+    if pipeline_class in _SDXL_PIPELINES or unet.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    cross = unet.get("cross_attention_dim")
+    if cross == 1024:
+        return "sd2"
+    if cross == 768:
+        return "sd1"
+    # Scaled-down models: SD 2.x switched the attention projections from 1x1 convs to linear.
+    return "sd2" if unet.get("use_linear_projection") else "sd1"
+
+
+def _pipeline_class(index: dict[str, Any], where: Path | str) -> str:
+    name = str(index.get("_class_name", ""))
+    if name in _SDXL_PIPELINES:
+        return "StableDiffusionXLPipeline"
+    if name in _SD_PIPELINES:
+        return "StableDiffusionPipeline"
+    raise CheckpointError(
+        f"{where} is a {name or 'unknown'} model; imagine-bot runs text-to-image Stable "
+        "Diffusion models (StableDiffusionPipeline or StableDiffusionXLPipeline layouts)."
+    )
+
+
+def _native_size(unet: dict[str, Any], vae: dict[str, Any]) -> int:
+    sample = unet.get("sample_size") or 64
+    if isinstance(sample, list | tuple):
+        sample = sample[0]
+    scale = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    return int(sample) * scale
+
+
+def _folder_variant(name: str, unet: dict[str, Any], scheduler: dict[str, Any]) -> ModelVariant:
+    if scheduler.get("_class_name") == "LCMScheduler" or unet.get("time_cond_proj_dim"):
+        return "lcm"
+    return variant_from_text(name) or "base"
+
+
+def _plan_folder(spec: ModelSpec, folder: Path) -> _Plan:
+    index = _read_json(folder / "model_index.json")
+    pipeline_class = _pipeline_class(index, folder)
+    unet = load_config_json(folder, "unet")
+    vae = load_config_json(folder, "vae")
+    scheduler = _optional_json(folder / "scheduler" / "scheduler_config.json")
+    family = spec.family or family_from_configs(pipeline_class, unet)
+    variant = spec.variant or _folder_variant(folder.name, unet, scheduler)
+    info = _info(spec, family, variant, "folder", _native_size(unet, vae))
+    return _Plan(info, folder, pipeline_class, prediction_type=spec.prediction_type)
+
+
+def _plan_single_file(spec: ModelSpec, path: Path, allow_pickle: bool) -> _Plan:
+    header = read_checkpoint_header(path, allow_pickle=allow_pickle)
+    family = detect_family(header)
+    if spec.family and spec.family != family:
+        raise CheckpointError(
+            f"model {spec.name!r} says family = {spec.family!r} but {path.name} is "
+            f"{FAMILY_NAMES[family]}: remove `family` from its config or fix the path."
+        )
+    check_components(header, family)
+    shipped = spec.config is None
+    config_dir = shipped_config_dir(family) if spec.config is None else Path(spec.config)
+    if not (config_dir / "model_index.json").is_file():
+        raise CheckpointError(
+            f"model {spec.name!r}: config {config_dir} is not a diffusers-layout folder (it has "
+            "no model_index.json). Point `config` at a folder with model_index.json, unet/, "
+            "vae/ and text_encoder/ configs."
+        )
+    pipeline_class = _pipeline_class(_read_json(config_dir / "model_index.json"), config_dir)
+    if (pipeline_class == "StableDiffusionXLPipeline") != (family == "sdxl"):
+        raise CheckpointError(
+            f"model {spec.name!r}: {path.name} is {FAMILY_NAMES[family]} but config "
+            f"{config_dir} describes a {pipeline_class}: point `config` at a matching folder."
+        )
+    check_shapes(header, family, config_dir, shipped=shipped)
+    variant = spec.variant or guess_variant(header)
+
+    prediction = spec.prediction_type
+    latent_size = None
+    if shipped:
+        native = _NATIVE_SIZE[family]
+        if family == "sd2":
+            prediction = prediction or guess_sd2_prediction(header)
+            # SD 2.x "base" (epsilon) and SD-Turbo are 512-px models; 2.x v-prediction is 768.
+            if prediction == "epsilon" or variant == "turbo":
+                native = 512
+        # SDXL Turbo merges are used at 1024 px in practice, so SDXL keeps 1024.
+        latent_size = native // 8
+    else:
+        native = _native_size(load_config_json(config_dir, "unet"), load_config_json(config_dir, "vae"))
+    info = _info(spec, family, variant, "single_file", native)
+    return _Plan(
+        info,
+        path,
+        pipeline_class,
+        config_dir=config_dir,
+        header=header,
+        prediction_type=prediction,
+        latent_size=latent_size,
+    )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_unavailable(hub_id: str, reason: str) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"model {hub_id} is a Hugging Face hub id, but the hub cannot be reached ({reason}) and "
+        "the model is not in the local cache. Download it on a machine with network access "
+        "(e.g. `huggingface-cli download " + hub_id + "`, then copy the cache or the folder "
+        "here), or point `source` at a local .safetensors file or diffusers folder."
+    )
+
+
+def _hub_json(hub_id: str, filename: str) -> dict[str, Any]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return _read_json(Path(hf_hub_download(hub_id, filename)))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        reason = "HF_HUB_OFFLINE is set" if _hub_offline() else "no network connection"
+        raise _hub_unavailable(hub_id, reason) from exc
+    except GatedRepoError as exc:
+        raise ModelError(
+            f"hub model {hub_id} is gated: accept its licence on huggingface.co and log in "
+            "(`huggingface-cli login`), or download it and point `source` at the files."
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelError(
+            f"hub model {hub_id} does not exist (or is private): check the id in `source`."
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise CheckpointError(
+            f"hub model {hub_id} has no {filename}: it is not a diffusers-layout model. "
+            "Download its .safetensors file and point `source` at it."
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise _hub_unavailable(hub_id, type(exc).__name__) from exc
+
+
+def _plan_hub(spec: ModelSpec, hub_id: str) -> _Plan:
+    index = _hub_json(hub_id, "model_index.json")
+    pipeline_class = _pipeline_class(index, hub_id)
+    unet = _hub_json(hub_id, "unet/config.json")
+    vae = _hub_json(hub_id, "vae/config.json")
+    scheduler = _hub_json(hub_id, "scheduler/scheduler_config.json")
+    family = spec.family or family_from_configs(pipeline_class, unet)
+    variant = spec.variant or _folder_variant(hub_id, unet, scheduler)
+    info = _info(spec, family, variant, "hub", _native_size(unet, vae))
+    return _Plan(info, hub_id, pipeline_class, prediction_type=spec.prediction_type)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object.")
+    return data
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    return _read_json(path) if path.is_file() else {}
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_pipeline(
+    spec: ModelSpec, *, torch_dtype: torch.dtype = torch.float32, allow_pickle: bool = False
+) -> Pipeline:
+    """Load the model's pipeline on the CPU, without safety checker or progress bars.
+
+    Raises ModelError subclasses whose message says what is wrong and what to do.
+    """
+    plan = _plan(spec, allow_pickle)
+    try:
+        if plan.info.source_kind == "single_file":
+            with _quiet_loading():
+                pipe = _load_single_file(plan, torch_dtype)
+        elif plan.info.source_kind == "folder":
+            with _quiet_loading():
+                pipe = _load_pretrained(plan, torch_dtype)
+        else:  # hub downloads keep their progress bars: they can take minutes
+            pipe = _load_pretrained(plan, torch_dtype)
+    except InferenceError:
+        raise
+    except MemoryError as exc:
+        raise ModelError(f"not enough memory to load model {spec.name!r}.") from exc
+    except Exception as exc:  # diffusers/transformers/safetensors raise many types
+        logger.exception("loading model %r from %s failed", spec.name, plan.location)
+        raise _load_error(spec, plan, exc) from exc
+
+    if plan.prediction_type and pipe.scheduler.config.get("prediction_type") != plan.prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(
+            pipe.scheduler.config, prediction_type=plan.prediction_type
+        )
+    if plan.latent_size and pipe.unet.config.sample_size != plan.latent_size:
+        pipe.unet.register_to_config(sample_size=plan.latent_size)
+    pipe.set_progress_bar_config(disable=True)
+    logger.info(
+        "loaded model %r (%s %s, %s) from %s",
+        spec.name,
+        FAMILY_NAMES[plan.info.family],
+        plan.info.variant,
+        plan.info.source_kind,
+        plan.location,
+    )
+    return pipe
+
+
+def _load_error(spec: ModelSpec, plan: _Plan, exc: Exception) -> ModelError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if "out of memory" in reason.lower() or "can't allocate memory" in reason.lower():
+        return ModelError(f"not enough memory to load model {spec.name!r}: {reason}")
+    if plan.info.source_kind == "hub" and isinstance(exc, OSError):
+        return _hub_unavailable(str(plan.location), reason)
+    fix = (
+        "Check that the file is a complete, uncorrupted checkpoint, or set `config` to the "
+        "diffusers folder of its architecture."
+        if plan.info.source_kind == "single_file"
+        else "Check that the folder is a complete diffusers model (all weights present)."
+    )
+    return CheckpointError(
+        f"model {spec.name!r} could not be loaded from {plan.location}: {reason}. {fix}"
+    )
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading pipeline components" / "Loading weights" bars on the bot's stderr."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_on = diffusers_logging.is_progress_bar_enabled()
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if diffusers_on:
+            diffusers_logging.enable_progress_bar()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    if dtype == torch.float32:
+        return {}  # diffusers' default; passing it only adds a cast and a warning
+    from diffusers.pipelines import pipeline_utils
+
+    # diffusers renamed torch_dtype to dtype (0.36-ish); the old name now warns.
+    return {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def _pipeline_type(name: str) -> type[Pipeline]:
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def _no_extras(pipeline_class: str) -> dict[str, Any]:
+    # Never load (or download) the safety checker, image encoder or CLIP image processor.
+    extras: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    if pipeline_class == "StableDiffusionPipeline":
+        extras |= {"safety_checker": None, "requires_safety_checker": False}
+    return extras
+
+
+def _load_pretrained(plan: _Plan, torch_dtype: torch.dtype) -> Pipeline:
+    cls = _pipeline_type(plan.pipeline_class)
+    kwargs = _no_extras(plan.pipeline_class)
+    if plan.info.source_kind == "folder":
+        kwargs["local_files_only"] = True
+    return cls.from_pretrained(str(plan.location), **_dtype_kwargs(torch_dtype), **kwargs)
+
+
+def _load_single_file(plan: _Plan, torch_dtype: torch.dtype) -> Pipeline:
+    import diffusers
+
+    assert plan.config_dir is not None and plan.header is not None
+    config_dir = plan.config_dir
+    sdxl = plan.pipeline_class == "StableDiffusionXLPipeline"
+    scheduler_cfg = load_config_json(config_dir, "scheduler", "scheduler_config.json")
+    scheduler_cls = getattr(diffusers, str(scheduler_cfg.get("_class_name")), None)
+    if scheduler_cls is None:
+        raise CheckpointError(
+            f"{config_dir}/scheduler names an unknown scheduler {scheduler_cfg.get('_class_name')}."
+        )
+    overrides = {"prediction_type": plan.prediction_type} if plan.prediction_type else {}
+    # Components passed in are not looked up: tokenizers and scheduler come from local files.
+    components: dict[str, Any] = {
+        "scheduler": scheduler_cls.from_config(scheduler_cfg, **overrides),
+        "tokenizer": _tokenizer_for(config_dir, "tokenizer"),
+    }
+    if sdxl:
+        components["tokenizer_2"] = _tokenizer_for(config_dir, "tokenizer_2")
+    # config= a local folder and local_files_only: diffusers would otherwise fetch configs.
+    pipe = _pipeline_type(plan.pipeline_class).from_single_file(
+        str(plan.location),
+        config=str(config_dir),
+        local_files_only=True,
+        **_dtype_kwargs(torch_dtype),
+        **components,
+        **_no_extras(plan.pipeline_class),
+    )
+    _check_complete(pipe, plan)
+    return pipe
+
+
+def _check_complete(pipe: Pipeline, plan: _Plan) -> None:
+    """Fail if any weight was left at its random initial value.
+
+    diffusers loads single files with strict=False, so a checkpoint lacking some weights
+    would "load" and then draw noise.
+    """
+    assert plan.header is not None
+    family = plan.info.family
+    for component in LDM_PREFIXES[family]:
+        module = getattr(pipe, component)
+        config = dict(module.config) if component in ("unet", "vae") else None
+        namer = KeyNamer(family, component, config)
+        missing = missing_weights(plan.header, namer, module.state_dict().keys())
+        if missing:
+            shown = ", ".join(missing[:3])
+            raise CheckpointError(
+                f"{plan.header.path.name} lacks {len(missing)} {component} weights "
+                f"(e.g. {shown}): it is incomplete or of another architecture. Use a complete "
+                "checkpoint, or set `config` to the diffusers folder of its architecture."
+            )

@@ -1,0 +1,169 @@
+"""Turning what a user typed into a complete, validated GenerationRequest.
+
+Every check raises InvalidRequestError naming the field and what is allowed, so the bot and the
+CLI can show it as-is.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from inference.errors import InvalidRequestError
+from inference.samplers import find_sampler
+from inference.types import GenerationRequest, ModelInfo
+
+MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit; keeps seeds portable between tools
+PROMPT_TOKEN_LIMIT = 75  # CLIP reads 77 tokens, two of which are start/end markers
+ASPECT_CHOICES = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
+
+TokenCounter = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Operator-configured bounds on what one request may ask for."""
+
+    max_pixels: int = 1536 * 1536
+    max_side: int = 2048
+    min_side: int = 32
+    max_steps: int = 100
+    max_guidance: float = 30.0
+    max_count: int = 4
+    max_prompt_chars: int = 1500
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Options as a user gave them; None means "use the model's default"."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    aspect_ratio: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    sampler: str | None = None
+    count: int | None = None
+    model: str | None = None
+
+
+def parse_aspect_ratio(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d{1,2})\s*[:x/]\s*(\d{1,2})\s*", text)
+    if not match:
+        raise InvalidRequestError(
+            "aspect_ratio", f"{text!r} is not W:H; use e.g. {', '.join(ASPECT_CHOICES)}"
+        )
+    w, h = int(match.group(1)), int(match.group(2))
+    if w == 0 or h == 0 or not 0.25 <= w / h <= 4:
+        raise InvalidRequestError(
+            "aspect_ratio", f"{text!r} must be between 1:4 and 4:1 (e.g. 16:9)"
+        )
+    return w, h
+
+
+def size_for_aspect(aspect_ratio: str, native_size: int) -> tuple[int, int]:
+    """Width and height with about the model's trained pixel count at the given ratio.
+
+    Sides snap to the model family's usual bucket grid (64 px for SDXL, 32 px for 512-px
+    models), which gives the sizes SDXL was trained on (1344x768 for 16:9, 1152x896 for 4:3).
+    """
+    w_ratio, h_ratio = parse_aspect_ratio(aspect_ratio)
+    if w_ratio < h_ratio:  # portrait is the landscape answer turned, so 9:16 mirrors 16:9
+        landscape_w, landscape_h = size_for_aspect(f"{h_ratio}:{w_ratio}", native_size)
+        return landscape_h, landscape_w
+    grid = 64 if native_size >= 1024 else max(8, native_size // 16)
+    area = native_size * native_size
+    width = max(grid, int(math.sqrt(area * w_ratio / h_ratio) // grid) * grid)
+    height = max(grid, round(area / width / grid) * grid)
+    return width, height
+
+
+def _check_side(field: str, value: int, limits: RequestLimits) -> None:
+    if value % 8:
+        raise InvalidRequestError(field, f"{value} is not a multiple of 8")
+    if not limits.min_side <= value <= limits.max_side:
+        raise InvalidRequestError(
+            field, f"{value} is outside {limits.min_side}–{limits.max_side} pixels"
+        )
+
+
+def resolve_request(
+    options: RequestOptions,
+    model: ModelInfo,
+    limits: RequestLimits = RequestLimits(),
+    *,
+    count_tokens: TokenCounter | None = None,
+    rng: random.Random | None = None,
+) -> GenerationRequest:
+    """Fill defaults from the model and check every option. Raises InvalidRequestError."""
+    prompt = " ".join(options.prompt.split())
+    if not prompt:
+        raise InvalidRequestError("prompt", "is empty; describe the image you want")
+    if len(prompt) > limits.max_prompt_chars:
+        raise InvalidRequestError(
+            "prompt", f"is {len(prompt)} characters; at most {limits.max_prompt_chars} allowed"
+        )
+    negative = " ".join((options.negative_prompt or "").split())
+    if count_tokens is not None:
+        for field, text in (("prompt", prompt), ("negative", negative)):
+            tokens = count_tokens(text)
+            if tokens > PROMPT_TOKEN_LIMIT:
+                # Cutting silently would drop the end of what the user asked for.
+                raise InvalidRequestError(
+                    field,
+                    f"is {tokens} tokens; the model reads at most {PROMPT_TOKEN_LIMIT}. "
+                    f"Shorten it by about {tokens - PROMPT_TOKEN_LIMIT} tokens (words)",
+                )
+
+    if options.aspect_ratio and (options.width or options.height):
+        raise InvalidRequestError("aspect_ratio", "give either an aspect ratio or width/height")
+    if options.aspect_ratio:
+        width, height = size_for_aspect(options.aspect_ratio, model.native_size)
+    else:
+        width = options.width or model.native_size
+        height = options.height or model.native_size
+    _check_side("width", width, limits)
+    _check_side("height", height, limits)
+    if width * height > limits.max_pixels:
+        raise InvalidRequestError(
+            "size",
+            f"{width}x{height} is {width * height:,} pixels; at most {limits.max_pixels:,} "
+            f"allowed (e.g. {math.isqrt(limits.max_pixels) // 8 * 8} square)",
+        )
+
+    steps = model.default_steps if options.steps is None else options.steps
+    if not 1 <= steps <= limits.max_steps:
+        raise InvalidRequestError("steps", f"{steps} is outside 1–{limits.max_steps}")
+    guidance = model.default_guidance if options.guidance is None else options.guidance
+    if not (math.isfinite(guidance) and 0 <= guidance <= limits.max_guidance):
+        raise InvalidRequestError("guidance", f"{guidance} is outside 0–{limits.max_guidance:g}")
+    count = 1 if options.count is None else options.count
+    if not 1 <= count <= limits.max_count:
+        raise InvalidRequestError("count", f"{count} is outside 1–{limits.max_count}")
+
+    if options.seed is None:
+        seed = (rng or random.SystemRandom()).randint(0, MAX_SEED - limits.max_count)
+    else:
+        seed = options.seed
+        if not 0 <= seed <= MAX_SEED - (count - 1):
+            raise InvalidRequestError("seed", f"{seed} is outside 0–{MAX_SEED - (count - 1)}")
+
+    sampler = find_sampler(options.sampler or model.default_sampler).name
+    return GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=float(guidance),
+        seed=seed,
+        sampler=sampler,
+        count=count,
+        model=model.name,
+    )

@@ -1,0 +1,125 @@
+"""The values that cross the boundary between the bot and the inference engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+ModelFamily = Literal["sd1", "sd2", "sdxl"]
+ModelVariant = Literal["base", "turbo", "lcm"]
+PredictionType = Literal["epsilon", "v_prediction"]
+SourceKind = Literal["folder", "single_file", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the operator names it in the config.
+
+    `source` is a diffusers folder, a single-file checkpoint or a hub id. `config` points at a
+    diffusers-layout folder holding the architecture configs for a single file whose
+    architecture is not one of the shipped ones (the tiny test model, a custom fine-tune).
+    The other fields override what is detected from the checkpoint.
+    """
+
+    name: str
+    source: str
+    config: Path | None = None
+    family: ModelFamily | None = None
+    variant: ModelVariant | None = None
+    prediction_type: PredictionType | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is known about a model without loading its weights."""
+
+    name: str
+    family: ModelFamily
+    variant: ModelVariant
+    source_kind: SourceKind
+    native_size: int  # the side in pixels the model was trained at (512, 768, 1024; 64 tiny)
+    default_steps: int
+    default_guidance: float
+    default_sampler: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A complete, validated request: every option resolved to a value."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    sampler: str
+    count: int
+    model: str
+
+    def seeds(self) -> tuple[int, ...]:
+        """Image i uses seed + i, so any image of a grid can be reproduced alone."""
+        return tuple(self.seed + i for i in range(self.count))
+
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal keys can share one batched pipeline call."""
+        return (self.model, self.width, self.height, self.steps, self.sampler, self.guidance)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One denoising step done. `preview` is a small JPEG of the current latents, if asked."""
+
+    step: int
+    total: int
+    preview: bytes | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 1.0
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    png: bytes  # carries the A1111-style "parameters" text chunk
+    seed: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request: GenerationRequest
+    images: tuple[GeneratedImage, ...]
+    grid_png: bytes | None  # only when count > 1
+    elapsed_s: float
+    notes: tuple[str, ...] = field(default=())  # e.g. "retried with VAE tiling after OOM"
+
+
+ProgressCallback = Callable[[int, Progress], None]
+"""Called from the worker thread as (index of the request in the batch, progress)."""
+
+CancelCheck = Callable[[int], bool]
+"""Asked from the worker thread between steps: is request i of the batch cancelled?"""
+
+
+class ImageGenerator(Protocol):
+    """Runs one batched pipeline call. Blocking: call it from the worker thread only."""
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_progress: ProgressCallback | None = None,
+        is_cancelled: CancelCheck | None = None,
+        want_previews: bool = False,
+    ) -> list[GenerationResult | None]:
+        """One result per request; None for a request cancelled mid-batch.
+
+        Raises GenerationCancelled when every request of the batch is cancelled.
+        """
+        ...
+
+    def model_info(self, name: str) -> ModelInfo: ...

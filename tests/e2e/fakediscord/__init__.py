@@ -1,0 +1,49 @@
+"""A local Discord-compatible server (REST v10 + gateway v10) for end-to-end tests.
+
+The real bot connects to it over real sockets on 127.0.0.1; tests play the users through
+``FakeDiscord``'s driver methods and assert on what the server recorded.
+"""
+
+from .commands import CommandSync, RegisteredCommand
+from .constants import CallbackType, Intent, MessageFlag, Permission
+from .discordpy import pointed_at
+from .gateway import ConnectionInfo
+from .interactions import Interaction
+from .models import (
+    Attachment,
+    Channel,
+    Guild,
+    Member,
+    MessageRecord,
+    MessageRevision,
+    PermissionOverwrite,
+    Role,
+    Upload,
+    User,
+)
+from .rest import RequestRecord
+from .server import FakeDiscord
+
+__all__ = [
+    "Attachment",
+    "CallbackType",
+    "Channel",
+    "CommandSync",
+    "ConnectionInfo",
+    "FakeDiscord",
+    "Guild",
+    "Intent",
+    "Interaction",
+    "Member",
+    "MessageFlag",
+    "MessageRecord",
+    "MessageRevision",
+    "Permission",
+    "PermissionOverwrite",
+    "RegisteredCommand",
+    "RequestRecord",
+    "Role",
+    "Upload",
+    "User",
+    "pointed_at",
+]

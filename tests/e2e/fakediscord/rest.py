@@ -1,0 +1,175 @@
+"""The REST side: aiohttp app, authentication, request log, injected rate limits, 404s."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .constants import API_VERSION
+from .errors import DiscordHTTPError, unauthorized
+from .state import ServerState
+from .util import json_response
+
+_log = logging.getLogger(__name__)
+
+API_PREFIX = f"/api/v{API_VERSION}"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RouteSpec = tuple[str, str, Handler]  # (method, path under /api/v10, handler)
+
+# Routes authenticated by the token in their path: they carry no Authorization header.
+_TOKEN_ROUTES = re.compile(rf"^{API_PREFIX}/(interactions/\d+/[^/]+/callback|webhooks/\d+/[^/]+)")
+_PUBLIC_ROUTES = re.compile(rf"^{API_PREFIX}/gateway$")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the server answered."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    authorization: str | None  # the Authorization header as sent
+    at: float
+
+
+@dataclass
+class RateLimitRule:
+    """Answer the next ``count`` matching requests with 429 (see ``FakeDiscord.rate_limit``)."""
+
+    method: str | None
+    path: re.Pattern[str] | None
+    count: int
+    retry_after: float
+    is_global: bool = False
+
+    def matches(self, request: web.Request) -> bool:
+        if self.count <= 0:
+            return False
+        if self.method is not None and request.method != self.method.upper():
+            return False
+        return self.path is None or bool(self.path.search(request.path))
+
+
+@dataclass
+class EditRateLimit:
+    """Discord's edit limit, roughly: ``limit`` message edits per ``per`` seconds per channel."""
+
+    limit: int = 5
+    per: float = 5.0
+    _edits: dict[str, deque[float]] = field(default_factory=dict)
+
+    def retry_after(self, key: str, now: float) -> float:
+        """0 when the edit may go ahead (and is counted); else seconds to wait."""
+        window = self._edits.setdefault(key, deque())
+        while window and now - window[0] >= self.per:
+            window.popleft()
+        if len(window) >= self.limit:
+            return self.per - (now - window[0])
+        window.append(now)
+        return 0.0
+
+
+_EDIT_ROUTES = re.compile(
+    rf"^{API_PREFIX}/(channels/(?P<channel>\d+)/messages/\d+|webhooks/\d+/(?P<token>[^/]+)/messages/[^/]+)$"
+)
+
+
+class RestApi:
+    """Owns the aiohttp routes under ``/api/v10`` and the checks around every request."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.requests: list[RequestRecord] = []
+        self.unknown_requests: list[RequestRecord] = []
+        self.rate_limit_rules: list[RateLimitRule] = []
+        self.rate_limited: list[RequestRecord] = []
+        self.edit_rate_limit: EditRateLimit | None = None
+
+    def install(self, app: web.Application, routes: list[RouteSpec]) -> None:
+        app.middlewares.append(self._middleware)
+        for method, path, handler in routes:
+            app.router.add_route(method, API_PREFIX + path, handler)
+
+    def install_fallback(self, app: web.Application) -> None:
+        """The last route: anything unknown is a loud 404 (JSON, as Discord answers)."""
+        app.router.add_route("*", "/{tail:.*}", self._unknown_route)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await self._guarded(request, handler)
+        except DiscordHTTPError as error:
+            response = error.to_response()
+        record = RequestRecord(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            status=response.status,
+            authorization=request.headers.get("Authorization"),
+            at=time.time(),
+        )
+        self.requests.append(record)
+        if response.status == 429:
+            self.rate_limited.append(record)
+        if request.get("unknown_route"):
+            self.unknown_requests.append(record)
+        if response.status >= 400:
+            _log.info("%s %s -> %s", request.method, request.path, response.status)
+        self.state.changes.notify()
+        return response
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(API_PREFIX + "/"):
+            if not (_TOKEN_ROUTES.match(path) or _PUBLIC_ROUTES.match(path)):
+                expected = f"Bot {self.state.settings.token}"
+                if request.headers.get("Authorization") != expected:
+                    raise unauthorized()
+            limited = self._rate_limit(request)
+            if limited is not None:
+                return limited
+        return await handler(request)
+
+    def _rate_limit(self, request: web.Request) -> web.Response | None:
+        for rule in self.rate_limit_rules:
+            if rule.matches(request):
+                rule.count -= 1
+                return _too_many_requests(rule.retry_after, is_global=rule.is_global)
+        match = _EDIT_ROUTES.match(request.path)
+        if self.edit_rate_limit is not None and request.method == "PATCH" and match:
+            key = match.group("channel") or match.group("token") or ""
+            wait = self.edit_rate_limit.retry_after(key, time.monotonic())
+            if wait > 0:
+                return _too_many_requests(wait, is_global=False)
+        return None
+
+    async def _unknown_route(self, request: web.Request) -> web.Response:
+        request["unknown_route"] = True
+        _log.error("fakediscord: no route for %s %s (answering 404)", request.method, request.path)
+        return json_response({"message": "404: Not Found", "code": 0}, status=404)
+
+
+def _too_many_requests(retry_after: float, *, is_global: bool) -> web.Response:
+    """A 429 discord.py accepts as Discord's: it needs the ``Via`` header and a JSON body,
+    or it treats the answer as a Cloudflare ban and raises instead of waiting."""
+    headers = {
+        "Via": "1.1 google",
+        "Retry-After": f"{max(retry_after, 0.0):.3f}",
+        "X-RateLimit-Limit": "5",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+        "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+        "X-RateLimit-Bucket": "fakediscord",
+        "X-RateLimit-Scope": "global" if is_global else "user",
+    }
+    if is_global:
+        headers["X-RateLimit-Global"] = "true"
+    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
+    return json_response(body, status=429, headers=headers)

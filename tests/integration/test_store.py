@@ -1,0 +1,633 @@
+"""The SQLite store against real database files: schema, state machine, delivery, history."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot import store as store_module
+from bot.store import (
+    CancelTooLate,
+    DeliveryTarget,
+    GuildSettings,
+    InvalidTransition,
+    JobNotFound,
+    SchemaTooNewError,
+    Store,
+)
+from inference.jobs import JobJournal, JobOutcome, JobRecord, JobState, Owner, StoredImage
+from inference.types import GenerationRequest
+
+LATEST_VERSION = len(store_module._migrations())
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@asynccontextmanager
+async def opened(path: Path, clock: Callable[[], float] | None = None) -> AsyncIterator[Store]:
+    store = await Store.open(path, clock=clock or FakeClock())
+    async with store:
+        yield store
+
+
+def request(**changes: object) -> GenerationRequest:
+    fields: dict[str, object] = dict(
+        prompt="a lighthouse at dusk",
+        negative_prompt="blurry",
+        width=512,
+        height=768,
+        steps=25,
+        guidance=7.5,
+        seed=1234,
+        sampler="DPM++ 2M Karras",
+        count=2,
+        model="sd15",
+    )
+    fields.update(changes)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+def outcome(job_id: int, n: int = 2) -> JobOutcome:
+    return JobOutcome(
+        images=tuple(StoredImage(f"/data/{job_id}/{i}.png", 1234 + i, 512, 768) for i in range(n)),
+        grid_path=f"/data/{job_id}/grid.png" if n > 1 else None,
+        elapsed_s=3.25,
+        notes=("retried with VAE tiling after OOM",),
+    )
+
+
+OWNER = Owner(user_id=111, guild_id=222)
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A second, plain connection: checks what is really in the file."""
+    return sqlite3.connect(path)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+async def test_migrations_apply_from_empty_and_reopen_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "bot.db"  # the parent folder does not exist yet
+    async with opened(db) as store:
+        assert await store.schema_version() == LATEST_VERSION >= 1
+        job_id = await store.create_job(OWNER, request())
+    with raw(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    assert {"users", "jobs", "job_images", "rate_events", "guild_settings"} <= tables
+    # Re-applying 0001 would fail on CREATE TABLE; reopening twice must keep the data.
+    for _ in range(2):
+        async with opened(db) as store:
+            assert await store.schema_version() == LATEST_VERSION
+            job = await store.get_job(job_id)
+            assert job is not None and job.request == request()
+
+
+def test_store_implements_job_journal() -> None:
+    def journal(store: Store) -> JobJournal:
+        return store  # a type checker verifies the return types here
+
+    members = [m for m in vars(JobJournal) if not m.startswith("_")]
+    assert len(members) == 7
+    for name in members:
+        wanted = inspect.signature(getattr(JobJournal, name))
+        got = inspect.signature(getattr(Store, name))
+        assert inspect.iscoroutinefunction(getattr(Store, name)), name
+        assert list(got.parameters)[: len(wanted.parameters)] == list(wanted.parameters), name
+        extra = list(got.parameters.values())[len(wanted.parameters) :]
+        assert all(p.default is not p.empty for p in extra), name  # extras are optional
+        assert got.return_annotation == wanted.return_annotation, name
+
+
+async def test_pragmas_wal_foreign_keys_busy_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        assert await store.pragma("journal_mode") == "wal"
+        assert await store.pragma("foreign_keys") == 1
+        assert await store.pragma("busy_timeout") > 0
+        assert await store.pragma("synchronous") == 1  # NORMAL
+    with raw(db) as conn:  # WAL is a property of the file: visible from another connection
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db):
+        pass
+    with raw(db) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    with pytest.raises(SchemaTooNewError, match=r"schema version \d+.*only knows up to"):
+        await Store.open(db)
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION + 1
+
+
+async def test_failed_migration_rolls_back_entirely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db):
+        pass
+    good = store_module._migrations()
+    bad_sql = "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
+    monkeypatch.setattr(
+        store_module, "_migrations", lambda: [*good, (len(good) + 1, "bad.sql", bad_sql)]
+    )
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        await Store.open(db)
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "half_done" not in names
+
+
+def test_split_sql_keeps_semicolons_inside_strings_comments_and_triggers() -> None:
+    script = """
+    -- a comment; with a semicolon
+    CREATE TABLE t (x TEXT DEFAULT ';');
+    CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+        UPDATE t SET x = 'a;b';
+    END;
+    -- trailing comment
+    """
+    statements = store_module._split_sql(script)
+    assert len(statements) == 2
+    assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
+    with pytest.raises(store_module.MigrationError, match="incomplete"):
+        store_module._split_sql("CREATE TABLE a (x);\nCREATE TABLE b (y)")
+
+
+# --------------------------------------------------------------------------- state machine
+
+Action = Callable[[Store, int], Awaitable[object]]
+
+ACTIONS: dict[str, Action] = {
+    "run": lambda s, j: s.mark_running(j),
+    "done": lambda s, j: s.mark_done(j, outcome(j)),
+    "fail": lambda s, j: s.mark_failed(j, "boom"),
+    "cancel": lambda s, j: s.mark_cancelled(j),
+    "requeue": lambda s, j: s.requeue(j),
+}
+
+# (state the job is in, action) -> state after, or "illegal", or "unchanged" (allowed no-op)
+EXPECTED: dict[tuple[JobState, str], JobState | str] = {
+    (JobState.QUEUED, "run"): JobState.RUNNING,
+    (JobState.QUEUED, "done"): "illegal",
+    (JobState.QUEUED, "fail"): JobState.FAILED,
+    (JobState.QUEUED, "cancel"): JobState.CANCELLED,
+    (JobState.QUEUED, "requeue"): "unchanged",
+    (JobState.RUNNING, "run"): "illegal",
+    (JobState.RUNNING, "done"): JobState.DONE,
+    (JobState.RUNNING, "fail"): JobState.FAILED,
+    (JobState.RUNNING, "cancel"): JobState.CANCELLED,
+    (JobState.RUNNING, "requeue"): JobState.QUEUED,
+    **{
+        (finished, action): "illegal"
+        for finished in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+        for action in ACTIONS
+    },
+    (JobState.DONE, "cancel"): "too late",  # the cancel lost the race to the worker
+    (JobState.FAILED, "cancel"): "too late",
+    (JobState.CANCELLED, "cancel"): "unchanged",  # a double click
+}
+
+PATH_TO: dict[JobState, tuple[str, ...]] = {
+    JobState.QUEUED: (),
+    JobState.RUNNING: ("run",),
+    JobState.DONE: ("run", "done"),
+    JobState.FAILED: ("fail",),
+    JobState.CANCELLED: ("cancel",),
+}
+
+
+@pytest.mark.parametrize(("start", "action"), sorted(EXPECTED, key=str))
+async def test_state_transition(tmp_path: Path, start: JobState, action: str) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "bot.db", clock) as store:
+        job_id = await store.create_job(OWNER, request())
+        for step in PATH_TO[start]:
+            clock.advance(1)
+            await ACTIONS[step](store, job_id)
+        before = await store.get_job(job_id)
+        assert before is not None and before.state is start
+        clock.advance(1)
+        expected = EXPECTED[(start, action)]
+
+        if expected in ("illegal", "too late"):
+            with pytest.raises(InvalidTransition) as info:
+                await ACTIONS[action](store, job_id)
+            assert info.value.job_id == job_id and info.value.current is start
+            assert str(start) in str(info.value)
+            assert isinstance(info.value, CancelTooLate) == (expected == "too late")
+            assert await store.get_job(job_id) == before  # nothing overwritten
+        elif expected == "unchanged":
+            await ACTIONS[action](store, job_id)
+            assert await store.get_job(job_id) == before
+        else:
+            await ACTIONS[action](store, job_id)
+            after = await store.get_job(job_id)
+            assert after is not None and after.state is expected
+            if expected.finished:
+                assert after.finished_at == clock.now
+            if expected is JobState.RUNNING:
+                assert after.started_at == clock.now
+            if action == "requeue":
+                assert after.started_at is None
+            if expected is JobState.DONE:
+                assert after.outcome == outcome(job_id)
+            else:
+                assert after.outcome is None
+            if expected is JobState.FAILED:
+                assert after.error == "boom"
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+async def test_transitions_on_unknown_job_raise_not_found(tmp_path: Path, action: str) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        with pytest.raises(JobNotFound):
+            await ACTIONS[action](store, 999)
+
+
+async def test_second_mark_done_keeps_the_first_images(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        job_id = await store.create_job(OWNER, request())
+        await store.mark_running(job_id)
+        await store.mark_done(job_id, outcome(job_id, 2))
+        with pytest.raises(InvalidTransition):
+            await store.mark_done(job_id, outcome(job_id, 3))
+        job = await store.get_job(job_id)
+        assert job is not None and job.outcome == outcome(job_id, 2)
+
+
+async def test_mark_done_is_one_transaction(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        job_id = await store.create_job(OWNER, request())
+        await store.mark_running(job_id)
+        broken = JobOutcome(
+            images=(StoredImage("/ok.png", 1, 64, 64), StoredImage(None, 2, 64, 64)),  # type: ignore[arg-type]
+            grid_path="/grid.png",
+            elapsed_s=1.0,
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.mark_done(job_id, broken)
+        job = await store.get_job(job_id)
+        assert job is not None and job.state is JobState.RUNNING
+        # The first image's row was rolled back with the state change: a retry succeeds.
+        await store.mark_done(job_id, outcome(job_id))
+        job = await store.get_job(job_id)
+        assert job is not None and job.outcome == outcome(job_id)
+
+
+async def test_unfinished_jobs_oldest_first(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "bot.db", clock) as store:
+        ids = []
+        for i in range(6):
+            ids.append(await store.create_job(Owner(i), request(prompt=f"p{i}")))
+            clock.advance(-10)  # a clock stepping backwards must not reorder the queue
+        await store.mark_running(ids[1])
+        await store.mark_running(ids[2])
+        await store.mark_done(ids[2], outcome(ids[2]))
+        await store.mark_cancelled(ids[3])
+        await store.mark_running(ids[4])
+    async with opened(tmp_path / "bot.db", clock) as store:  # crash recovery reads after restart
+        unfinished = await store.unfinished_jobs()
+        assert [j.id for j in unfinished] == [ids[0], ids[1], ids[4], ids[5]]
+        assert [j.state for j in unfinished] == [
+            JobState.QUEUED,
+            JobState.RUNNING,
+            JobState.RUNNING,
+            JobState.QUEUED,
+        ]
+        for job in unfinished:
+            await store.requeue(job.id)
+        assert {j.state for j in await store.unfinished_jobs()} == {JobState.QUEUED}
+
+
+# --------------------------------------------------------------------------- round trip
+
+texts = st.text(max_size=300)
+requests = st.builds(
+    GenerationRequest,
+    prompt=texts,
+    negative_prompt=texts,
+    width=st.integers(1, 8192),
+    height=st.integers(1, 8192),
+    steps=st.integers(1, 1000),
+    guidance=st.floats(allow_nan=False, allow_infinity=False),
+    seed=st.integers(0, 2**63 - 1),
+    sampler=st.text(min_size=1, max_size=40),
+    count=st.integers(1, 16),
+    model=st.text(min_size=1, max_size=80),
+)
+owners = st.builds(
+    Owner, user_id=st.integers(0, 2**63 - 1), guild_id=st.none() | st.integers(0, 2**63 - 1)
+)
+stored_images = st.builds(
+    StoredImage,
+    path=texts,
+    seed=st.integers(0, 2**63 - 1),
+    width=st.integers(1, 8192),
+    height=st.integers(1, 8192),
+)
+outcomes = st.builds(
+    JobOutcome,
+    images=st.lists(stored_images, max_size=6).map(tuple),
+    grid_path=st.none() | texts,
+    elapsed_s=st.floats(0, 1e6),
+    notes=st.lists(texts, max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(owner=owners, req=requests, result=outcomes)
+async def test_journal_round_trip_preserves_every_field(
+    owner: Owner, req: GenerationRequest, result: JobOutcome
+) -> None:
+    clock = FakeClock(1_700_000_000.125)
+    with tempfile.TemporaryDirectory() as folder:
+        db = Path(folder) / "bot.db"
+        async with opened(db, clock) as store:
+            job_id = await store.create_job(owner, req)
+            [queued] = await store.unfinished_jobs()
+            assert queued.request == req and queued.owner == owner
+            clock.advance(1.5)
+            await store.mark_running(job_id)
+            clock.advance(2.25)
+            await store.mark_done(job_id, result)
+        async with opened(db, clock) as store:  # read back after a restart
+            job = await store.get_job(job_id)
+    assert job == JobRecord(
+        id=job_id,
+        owner=owner,
+        request=req,
+        state=JobState.DONE,
+        created_at=1_700_000_000.125,
+        started_at=1_700_000_001.625,
+        finished_at=1_700_000_003.875,
+        error=None,
+        outcome=result,
+        delivered=False,
+    )
+
+
+async def test_sql_injection_looking_text_is_stored_verbatim(tmp_path: Path) -> None:
+    evil = "'); DROP TABLE jobs;--"
+    req = request(
+        prompt=evil,
+        negative_prompt='"; DELETE FROM users; --',
+        sampler="Euler' OR '1'='1",
+        model="x'); DROP TABLE job_images;--",
+    )
+    async with opened(tmp_path / "bot.db") as store:
+        job_id = await store.create_job(OWNER, req)
+        await store.mark_running(job_id)
+        await store.mark_failed(job_id, evil)
+        await store.set_guild_settings(GuildSettings(5, blocked_words=(evil, "a'b")))
+        job = await store.get_job(job_id)
+        assert job is not None and job.request == req and job.error == evil
+        assert (await store.get_guild_settings(5)).blocked_words == (evil, "a'b")
+        assert [j.id for j in await store.history(OWNER.user_id)] == [job_id]
+    with raw(tmp_path / "bot.db") as conn:
+        assert conn.execute("SELECT prompt FROM jobs").fetchall() == [(evil,)]
+        assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 1
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+async def _finished_job(store: Store, state: JobState = JobState.DONE) -> int:
+    job_id = await store.create_job(OWNER, request())
+    await store.mark_running(job_id)
+    if state is JobState.DONE:
+        await store.mark_done(job_id, outcome(job_id))
+    elif state is JobState.FAILED:
+        await store.mark_failed(job_id, "boom")
+    else:
+        await store.mark_cancelled(job_id)
+    return job_id
+
+
+async def test_mark_delivered_true_exactly_once_under_concurrency(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as one, opened(db) as two:  # two connections, as two processes
+        job_ids = [await _finished_job(one) for _ in range(5)]
+        for job_id in job_ids:
+            calls = [s.mark_delivered(job_id) for _ in range(10) for s in (one, two)]
+            results = await asyncio.gather(*calls)
+            assert results.count(True) == 1 and results.count(False) == 19
+        job = await two.get_job(job_ids[0])
+        assert job is not None and job.delivered
+        assert await one.mark_delivered(job_ids[0]) is False
+
+
+async def test_mark_delivered_refuses_unfinished_and_unknown_jobs(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        job_id = await store.create_job(OWNER, request())
+        with pytest.raises(InvalidTransition, match="only a finished job"):
+            await store.mark_delivered(job_id)
+        await store.mark_running(job_id)
+        with pytest.raises(InvalidTransition):
+            await store.mark_delivered(job_id)
+        with pytest.raises(JobNotFound):
+            await store.mark_delivered(12345)
+        job = await store.get_job(job_id)
+        assert job is not None and not job.delivered
+
+
+async def test_undelivered_finished_jobs_for_redelivery_after_restart(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        done = await _finished_job(store, JobState.DONE)
+        failed = await _finished_job(store, JobState.FAILED)
+        await _finished_job(store, JobState.CANCELLED)
+        delivered = await _finished_job(store, JobState.DONE)
+        assert await store.mark_delivered(delivered)
+        await store.create_job(OWNER, request())  # still queued
+    async with opened(db) as store:
+        pending = await store.undelivered_finished_jobs()
+        assert [(j.id, j.state) for j in pending] == [
+            (done, JobState.DONE),
+            (failed, JobState.FAILED),
+        ]
+        assert pending[0].outcome == outcome(done) and pending[1].error == "boom"
+        assert await store.mark_delivered(done)
+        assert [j.id for j in await store.undelivered_finished_jobs()] == [failed]
+
+
+async def test_delivery_target_and_job_by_message_survive_restart(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        job_id = await store.create_job(OWNER, request(), channel_id=10)
+        other = await store.create_job(OWNER, request(prompt="other"))
+        assert await store.get_delivery_target(job_id) == DeliveryTarget(job_id, 10)
+        # At defer time: the token, no message yet.
+        await store.set_delivery_target(
+            job_id,
+            channel_id=10,
+            interaction_token="secret-token",
+            application_id=77,
+            token_expires_at=1_700_000_900.0,
+        )
+        # After the first followup: the message id; the token must be kept.
+        await store.set_delivery_target(job_id, channel_id=10, message_id=2**62 + 5)
+        await store.set_delivery_target(other, channel_id=11, message_id=999)
+        with pytest.raises(JobNotFound):
+            await store.set_delivery_target(4242, channel_id=1)
+    async with opened(db) as store:
+        job = await store.job_by_message(2**62 + 5)
+        assert job is not None and job.id == job_id and job.request == request()
+        target = await store.get_delivery_target(job_id)
+        assert target == DeliveryTarget(
+            job_id=job_id,
+            channel_id=10,
+            message_id=2**62 + 5,
+            interaction_token="secret-token",
+            application_id=77,
+            token_expires_at=1_700_000_900.0,
+        )
+        assert "secret-token" not in repr(target)
+        assert target.token_usable(1_700_000_000.0)
+        assert not target.token_usable(1_700_000_890.0)
+        assert await store.job_by_message(123) is None
+        assert await store.get_delivery_target(4242) is None
+        other_job = await store.job_by_message(999)
+        assert other_job is not None and other_job.id == other
+        # A re-roll that reuses the message: the message now means the newer job.
+        newer = await store.create_job(OWNER, request(seed=5))
+        await store.set_delivery_target(newer, channel_id=11, message_id=999)
+        newest = await store.job_by_message(999)
+        assert newest is not None and newest.id == newer
+
+
+async def test_rerolled_from(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        source = await store.create_job(OWNER, request())
+        reroll = await store.create_job(OWNER, request(seed=99), rerolled_from=source)
+        later = await store.create_job(OWNER, request(seed=100))
+        assert await store.rerolled_from(reroll) == source
+        assert await store.rerolled_from(later) is None
+        await store.set_rerolled_from(later, reroll)
+        assert await store.rerolled_from(later) == reroll
+        with pytest.raises(JobNotFound):  # the foreign key holds: foreign_keys is on
+            await store.set_rerolled_from(later, 5555)
+        assert await store.rerolled_from(later) == reroll
+        with pytest.raises(JobNotFound):
+            await store.set_rerolled_from(5555, source)
+        with pytest.raises(ValueError):
+            await store.set_rerolled_from(source, source)
+
+
+# --------------------------------------------------------------------------- history
+
+
+async def test_history_pages_newest_first(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        mine: list[int] = []
+        for i in range(25):
+            mine.append(await store.create_job(Owner(1, 9), request(prompt=f"mine {i}")))
+            await store.create_job(Owner(2, 9), request(prompt=f"theirs {i}"))
+        pages = [await store.history(1, limit=10, offset=o) for o in (0, 10, 20, 30)]
+        assert [len(p) for p in pages] == [10, 10, 5, 0]
+        seen = [j.id for page in pages for j in page]
+        assert seen == sorted(mine, reverse=True)
+        assert all(j.owner.user_id == 1 for page in pages for j in page)
+        assert pages[0][0].request.prompt == "mine 24"
+        assert await store.count_history(1) == 25
+        assert await store.count_history(3) == 0
+        assert await store.history(3) == []
+
+        await store.mark_running(mine[0])
+        await store.mark_done(mine[0], outcome(mine[0]))
+        await store.mark_cancelled(mine[1])
+        done = await store.history(1, states={JobState.DONE})
+        assert [j.id for j in done] == [mine[0]] and done[0].outcome == outcome(mine[0])
+        assert await store.count_history(1, states={JobState.DONE, JobState.CANCELLED}) == 2
+        with pytest.raises(ValueError):
+            await store.history(1, limit=-1)
+
+
+async def test_user_jobs_filters_by_state_oldest_first(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        a = await store.create_job(OWNER, request())
+        b = await store.create_job(OWNER, request())
+        c = await store.create_job(OWNER, request())
+        await store.create_job(Owner(5), request())
+        await store.mark_running(b)
+        await store.mark_cancelled(c)
+        active = await store.user_jobs(OWNER.user_id, {JobState.QUEUED, JobState.RUNNING})
+        assert [(j.id, j.state) for j in active] == [(a, JobState.QUEUED), (b, JobState.RUNNING)]
+        assert await store.user_jobs(OWNER.user_id, {JobState.DONE}) == []
+
+
+# --------------------------------------------------------------------------- guild settings
+
+
+async def test_guild_settings_round_trip(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        assert await store.get_guild_settings(1) == GuildSettings(1)
+        assert await store.longest_window_override_s() is None
+        wanted = GuildSettings(
+            guild_id=2**60,
+            allowed_channel_ids=frozenset({2**61, 3}),
+            blocked_words=("gore", "naïve wörd"),
+            images_per_window=7,
+            window_minutes=90,
+            max_queued=2,
+        )
+        await store.set_guild_settings(wanted)
+        await store.set_guild_settings(GuildSettings(3, window_minutes=15))
+    async with opened(db) as store:
+        assert await store.get_guild_settings(2**60) == wanted
+        assert await store.longest_window_override_s() == 90 * 60
+        # A list is frozen into a tuple.
+        replaced = GuildSettings(2**60, blocked_words=["x"])  # type: ignore[arg-type]
+        await store.set_guild_settings(replaced)
+        got = await store.get_guild_settings(2**60)
+        assert got == replaced and got.blocked_words == ("x",) and got.images_per_window is None
+    with pytest.raises(ValueError, match="images_per_window"):
+        GuildSettings(1, images_per_window=0)
+
+
+# --------------------------------------------------------------------------- rate events
+
+
+async def test_rate_event_window_sums_and_pruning(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        await store.add_rate_event(1, 10, 2, at=100.0)
+        await store.add_rate_event(1, 10, 1, at=200.0)
+        await store.add_rate_event(2, 10, 4, at=300.0)
+        await store.add_rate_event(1, None, 3, at=400.0)
+        assert await store.rate_images_since(user_id=1, since=0) == 6
+        assert await store.rate_images_since(user_id=1, since=100.0) == 4  # strictly after
+        assert await store.rate_images_since(guild_id=10, since=150.0) == 5
+        assert await store.rate_event_expiry(user_id=1, since=0) == 100.0
+        assert await store.rate_event_expiry(user_id=1, since=0, images=3) == 200.0
+        assert await store.rate_event_expiry(user_id=1, since=0, images=4) == 400.0
+        assert await store.rate_event_expiry(user_id=1, since=0, images=7) is None
+        assert await store.rate_event_expiry(guild_id=10, since=100.0, images=2) == 300.0
+        with pytest.raises(ValueError):
+            await store.rate_images_since(user_id=1, guild_id=10, since=0)
+        assert await store.prune_rate_events(before=300.0) == 2
+        assert await store.rate_images_since(user_id=1, since=0) == 3
+        assert await store.rate_images_since(user_id=2, since=0) == 4

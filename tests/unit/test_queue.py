@@ -1,0 +1,201 @@
+"""The queue and worker against a fast fake generator and an in-memory journal."""
+
+import asyncio
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from inference.errors import GenerationCancelled, GenerationFailedError, QueueFullError
+from inference.fakes import FakeGenerator
+from inference.jobs import JobState, Owner
+from inference.queue import JobQueue, NotYourJobError, QueueSettings
+from inference.types import GenerationRequest
+from tests.memory_journal import MemoryJournal
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def request(seed: int = 1, prompt: str = "a fox", **changes: object) -> GenerationRequest:
+    base = GenerationRequest(prompt, "", 64, 64, 4, 7.0, seed, "Euler a", 1, "fake")
+    return dataclasses.replace(base, **changes)
+
+
+def make_queue(tmp_path: Path, generator: FakeGenerator | None = None, **settings: object):
+    journal = MemoryJournal()
+    queue = JobQueue(
+        generator or FakeGenerator(),
+        journal,
+        QueueSettings(output_dir=tmp_path / "out", **settings),
+    )
+    return queue, journal
+
+
+async def test_submit_runs_on_the_worker_thread_and_saves_pngs(tmp_path: Path) -> None:
+    generator = FakeGenerator()
+    queue, journal = make_queue(tmp_path, generator)
+    async with queue:
+        handle = await queue.submit(request(seed=5, count=2), Owner(1))
+        result = await handle.result()
+    assert [image.seed for image in result.images] == [5, 6]
+    assert generator.threads == {"gpu-worker_0"}
+    record = journal.jobs[handle.job_id]
+    assert record.state is JobState.DONE
+    assert [Path(i.path).read_bytes() for i in record.outcome.images] == [
+        i.png for i in result.images
+    ]
+    assert record.outcome.grid_path and Path(record.outcome.grid_path).exists()
+
+
+async def test_round_robin_across_users(tmp_path: Path) -> None:
+    gate = threading.Event()
+    generator = FakeGenerator(step_gate=gate)
+    queue, _ = make_queue(tmp_path, generator, batching=False, max_queued_per_user=10)
+    async with queue:
+        hog = [await queue.submit(request(seed=100 + i), Owner(1)) for i in range(5)]
+        other = await queue.submit(request(seed=200), Owner(2))
+        third = await queue.submit(request(seed=300), Owner(3))
+        assert hog[0].position == 0 or hog[0].position == 1
+        assert other.position < hog[2].position
+        gate.set()
+        await asyncio.gather(*(h.result() for h in [*hog, other, third]))
+    order = [seeds[0] for seeds in generator.calls]
+    assert order.index(200) < order.index(102)
+    assert order.index(300) < order.index(102)
+
+
+async def test_caps_give_a_clear_error(tmp_path: Path) -> None:
+    gate = threading.Event()
+    queue, _ = make_queue(
+        tmp_path, FakeGenerator(step_gate=gate), max_queued=3, max_queued_per_user=2
+    )
+    async with queue:
+        running = await queue.submit(request(), Owner(1))
+        while running.state is not JobState.RUNNING:
+            await asyncio.sleep(0.01)
+        await queue.submit(request(), Owner(1))  # a running job counts towards the user's cap
+        with pytest.raises(QueueFullError, match="you already have 2 jobs"):
+            await queue.submit(request(), Owner(1))
+        await queue.submit(request(), Owner(2))
+        await queue.submit(request(), Owner(3))
+        with pytest.raises(QueueFullError, match="queue is full"):
+            await queue.submit(request(), Owner(4))
+        gate.set()
+
+
+async def test_cancel_queued_and_running(tmp_path: Path) -> None:
+    gate = threading.Event()
+    generator = FakeGenerator(step_gate=gate)
+    queue, journal = make_queue(tmp_path, generator, batching=False)
+    async with queue:
+        running = await queue.submit(request(seed=1), Owner(1))
+        queued = await queue.submit(request(seed=2), Owner(2))
+        while running.state is not JobState.RUNNING:
+            await asyncio.sleep(0.01)
+        with pytest.raises(NotYourJobError):
+            await queue.cancel(queued.job_id, user_id=1)
+        assert await queue.cancel(queued.job_id, user_id=2) is JobState.CANCELLED
+        with pytest.raises(GenerationCancelled):
+            await queued.result()
+        # a moderator may cancel someone else's running job; it stops at the next step
+        assert await queue.cancel(running.job_id, user_id=9, is_moderator=True) is JobState.RUNNING
+        gate.set()
+        with pytest.raises(GenerationCancelled):
+            await running.result()
+    assert journal.jobs[queued.job_id].state is JobState.CANCELLED
+    assert journal.jobs[running.job_id].state is JobState.CANCELLED
+    assert [seeds[0] for seeds in generator.calls] == [1]
+
+
+async def test_failure_fails_that_job_and_the_worker_goes_on(tmp_path: Path) -> None:
+    queue, journal = make_queue(tmp_path, FakeGenerator(fail_on_prompt="boom"), batching=False)
+    async with queue:
+        bad = await queue.submit(request(prompt="boom"), Owner(1))
+        good = await queue.submit(request(prompt="fine"), Owner(2))
+        with pytest.raises(GenerationFailedError, match=f"generation failed \\(job {bad.job_id}\\)"):
+            await bad.result()
+        assert (await good.result()).images
+    assert journal.jobs[bad.job_id].state is JobState.FAILED
+
+
+async def test_compatible_jobs_share_one_batched_call(tmp_path: Path) -> None:
+    gate = threading.Event()
+    generator = FakeGenerator(step_gate=gate)
+    queue, _ = make_queue(tmp_path, generator)
+    async with queue:
+        first = await queue.submit(request(seed=1), Owner(1))
+        while first.state is not JobState.RUNNING:
+            await asyncio.sleep(0.01)
+        a = await queue.submit(request(seed=10), Owner(2))
+        b = await queue.submit(request(seed=20, count=2), Owner(3))
+        c = await queue.submit(request(seed=30, steps=9), Owner(4))  # incompatible
+        gate.set()
+        results = await asyncio.gather(*(h.result() for h in (first, a, b, c)))
+    assert generator.calls == [(1,), (10, 20, 21), (30,)]
+    assert [i.seed for i in results[2].images] == [20, 21]
+
+
+async def test_progress_updates_and_eta(tmp_path: Path) -> None:
+    queue, _ = make_queue(tmp_path, FakeGenerator(step_seconds=0.01))
+    async with queue:
+        await (await queue.submit(request(), Owner(1))).result()  # teaches the speed model
+        handle = await queue.submit(request(steps=8), Owner(1))
+        assert handle.eta_s is not None and handle.eta_s > 0
+        steps = [h.progress.step async for h in handle.updates() if h.progress]
+    assert steps and steps[-1] == 8 and steps == sorted(steps)
+
+
+async def test_event_loop_keeps_ticking_during_generation(tmp_path: Path) -> None:
+    queue, _ = make_queue(tmp_path, FakeGenerator(step_seconds=0.05))
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - before - 0.005)
+
+    async with queue:
+        tick = asyncio.create_task(ticker())
+        await (await queue.submit(request(steps=10), Owner(1))).result()
+        tick.cancel()
+    assert len(lags) > 20
+    assert max(lags) < 0.1
+
+
+async def test_restart_resumes_unfinished_jobs(tmp_path: Path) -> None:
+    journal = MemoryJournal()
+    first = await journal.create_job(Owner(1), request(seed=1))
+    second = await journal.create_job(Owner(2), request(seed=2))
+    await journal.mark_running(first)  # the process died while this one ran
+    generator = FakeGenerator()
+    queue = JobQueue(generator, journal, QueueSettings(output_dir=tmp_path))
+    async with queue:
+        assert {h.job_id for h in queue.recovered} == {first, second}
+        await asyncio.gather(*(h.result() for h in queue.recovered))
+    assert journal.jobs[first].state is JobState.DONE
+    assert journal.jobs[second].state is JobState.DONE
+
+
+async def test_restart_can_fail_unfinished_jobs_instead(tmp_path: Path) -> None:
+    journal = MemoryJournal()
+    job = await journal.create_job(Owner(1), request())
+    queue = JobQueue(
+        FakeGenerator(), journal, QueueSettings(output_dir=tmp_path, resume_after_restart=False)
+    )
+    async with queue:
+        assert queue.recovered == []
+    assert journal.jobs[job].state is JobState.FAILED
+    assert "restarted" in journal.jobs[job].error
+
+
+async def test_close_puts_the_running_job_back(tmp_path: Path) -> None:
+    queue, journal = make_queue(tmp_path, FakeGenerator(step_seconds=0.05))
+    await queue.start()
+    handle = await queue.submit(request(steps=100), Owner(1))
+    while handle.state is not JobState.RUNNING:
+        await asyncio.sleep(0.01)
+    await queue.close()
+    assert journal.jobs[handle.job_id].state is JobState.QUEUED

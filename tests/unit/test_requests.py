@@ -1,0 +1,79 @@
+import random
+
+import pytest
+
+from inference.errors import InvalidRequestError
+from inference.requests import RequestLimits, RequestOptions, resolve_request, size_for_aspect
+from inference.samplers import find_sampler, sampler_names
+from inference.types import ModelInfo
+
+SD15 = ModelInfo("sd15", "sd1", "base", "single_file", 512, 25, 7.0, "DPM++ 2M Karras")
+
+
+def resolve(**options: object):
+    return resolve_request(RequestOptions(**{"prompt": "a fox", **options}), SD15)
+
+
+def test_defaults_come_from_the_model() -> None:
+    request = resolve(seed=3)
+    assert (request.width, request.height, request.steps, request.guidance) == (512, 512, 25, 7.0)
+    assert request.sampler == "DPM++ 2M Karras" and request.model == "sd15" and request.count == 1
+
+
+def test_random_seed_leaves_room_for_the_batch() -> None:
+    request = resolve_request(RequestOptions("x", count=4), SD15, rng=random.Random(1))
+    assert 0 <= request.seed and request.seed + 3 <= 2**32 - 1
+    assert request.seeds() == tuple(request.seed + i for i in range(4))
+
+
+@pytest.mark.parametrize(
+    ("native", "aspect", "size"),
+    [(1024, "16:9", (1344, 768)), (1024, "4:3", (1152, 896)), (1024, "9:16", (768, 1344)),
+     (512, "1:1", (512, 512)), (512, "3:4", (448, 576))],
+)
+def test_aspect_ratios_map_to_family_sizes(native: int, aspect: str, size: tuple) -> None:
+    assert size_for_aspect(aspect, native) == size
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "fragment"),
+    [
+        ({"prompt": "   "}, "prompt", "empty"),
+        ({"width": 500}, "width", "multiple of 8"),
+        ({"width": 4096}, "width", "outside"),
+        ({"width": 2048, "height": 2048}, "size", "at most"),
+        ({"steps": 0}, "steps", "1–100"),
+        ({"steps": 101}, "steps", "1–100"),
+        ({"guidance": -1.0}, "guidance", "0–30"),
+        ({"guidance": float("nan")}, "guidance", "outside"),
+        ({"count": 5}, "count", "1–4"),
+        ({"seed": -1}, "seed", "outside"),
+        ({"seed": 2**32}, "seed", "outside"),
+        ({"sampler": "Turbo Magic"}, "sampler", "Euler a"),
+        ({"aspect_ratio": "wide"}, "aspect_ratio", "W:H"),
+        ({"aspect_ratio": "10:1"}, "aspect_ratio", "1:4"),
+        ({"aspect_ratio": "1:1", "width": 512}, "aspect_ratio", "either"),
+    ],
+)
+def test_bad_input_names_the_field(options: dict, field: str, fragment: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        resolve(**options)
+    assert caught.value.field == field
+    assert fragment in str(caught.value)
+
+
+def test_long_prompt_is_reported_not_cut() -> None:
+    with pytest.raises(InvalidRequestError, match="is 80 tokens; the model reads at most 75"):
+        resolve_request(RequestOptions("x"), SD15, count_tokens=lambda text: 80)
+    limits = RequestLimits(max_prompt_chars=10)
+    with pytest.raises(InvalidRequestError, match="at most 10"):
+        resolve_request(RequestOptions("a" * 11), SD15, limits)
+
+
+def test_sampler_names_match_loosely() -> None:
+    assert find_sampler("euler_a").name == "Euler a"
+    assert find_sampler("dpm++ 2m karras").options == {"use_karras_sigmas": True}
+    assert len(sampler_names()) <= 25  # Discord's cap on choices
+    for required in ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE Karras",
+                     "DDIM", "UniPC", "LCM"):
+        assert required in sampler_names()
