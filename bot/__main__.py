@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -30,6 +31,11 @@ class RedactSecrets(logging.Filter):
 
 
 def configure_logging(level: str, secrets: list[str] | None = None) -> None:
+    # Before transformers/diffusers are imported: their import-time notices (e.g. about
+    # torchvision, which we deliberately do not install) and save bars are noise here.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets or []))
@@ -82,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args, settings)
     from bot.app import run_bot
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_bot(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -103,7 +107,6 @@ def _generate(args: argparse.Namespace, settings: object) -> int:
     from bot.cli_generate import generate_to_files
     from inference.errors import InferenceError
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         paths = generate_to_files(args, settings)  # type: ignore[arg-type]
     except InferenceError as error:

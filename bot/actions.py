@@ -5,6 +5,7 @@ Shared by slash commands, reactions and buttons, so each rule lives in one place
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -54,18 +55,23 @@ class Actions:
         *,
         rerolled_from: int | None = None,
     ) -> int | None:
-        """Acknowledge at once, queue the job, and follow it in the deferred message."""
-        await interaction.response.defer(thinking=True)
+        """Queue the job, acknowledge, and follow the job in the deferred message.
+
+        Limits and the queue answer in milliseconds, so they run before the acknowledgement:
+        a refusal can then be an ephemeral reply (after a public defer it could not be).
+        """
         try:
             handle = await self.services.submitter.submit(request, actor_of(interaction))
         except EXPECTED_ERRORS as error:
-            # The "thinking…" message is public; the error is for the user alone.
-            try:
-                await interaction.delete_original_response()
-            except discord.HTTPException:
-                pass
-            await interaction.followup.send(user_message(error), ephemeral=True)
+            await interaction.response.send_message(user_message(error), ephemeral=True)
             return None
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException:
+            # Too late to answer (Discord's 3 s passed): nobody would see the result.
+            logger.warning("job %d: interaction expired before it was acknowledged", handle.job_id)
+            await self.services.queue.cancel(handle.job_id, user_id=0, is_moderator=True)
+            raise
         store = self.services.store
         message = await interaction.original_response()
         target = DeliveryTarget(
@@ -154,10 +160,9 @@ class Actions:
             logger.info(
                 "job %d: delete refused for user %d (not the owner)", record.id, payload.user_id
             )
-            try:  # take their ❌ back off, so the refusal is visible
+            # Take their ❌ back off, so the refusal is visible (needs Manage Messages).
+            with contextlib.suppress(discord.HTTPException):
                 await message.remove_reaction("❌", discord.Object(id=payload.user_id))
-            except discord.HTTPException:
-                pass
             return
         await message.delete()
         logger.info("job %d: result deleted by user %d", record.id, payload.user_id)
@@ -171,7 +176,9 @@ class Actions:
             if record.owner.user_id != interaction.user.id and not self.is_moderator(
                 interaction.user
             ):
-                raise NotAllowed("only the person who made this image or a moderator can delete it.")
+                raise NotAllowed(
+                    "only the person who made this image or a moderator can delete it."
+                )
         except NotAllowed as error:
             await self.bot.reply_ephemeral(interaction, user_message(error))
             return
@@ -181,4 +188,3 @@ class Actions:
 
     async def _job_of_message(self, message_id: int) -> JobRecord | None:
         return await self.services.store.job_by_message(message_id)
-

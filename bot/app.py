@@ -53,7 +53,9 @@ async def run_bot(settings: Settings) -> None:
     # Fail at start, with the model named, rather than on somebody's first /imagine.
     for spec in settings.models:
         info = generator.model_info(spec.name)
-        logger.info("model %s: %s %s, %d px", spec.name, info.family, info.variant, info.native_size)
+        logger.info(
+            "model %s: %s %s, %d px", spec.name, info.family, info.variant, info.native_size
+        )
 
     async with AsyncExitStack() as stack:
         store = await Store.open(settings.database)

@@ -43,6 +43,7 @@ def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path
     info = generator.model_info(options.model or settings.default_model)
     request = resolve_request(options, info, settings.limits, count_tokens=count_prompt_tokens)
 
+    generator.load(request.model)  # before the bar, so the bar times only the steps
     bar = tqdm(total=request.steps, unit="step", disable=args.no_progress, desc="generating")
 
     def on_progress(_index: int, progress: Progress) -> None:

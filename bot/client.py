@@ -90,8 +90,12 @@ class ImagineBot(commands.Bot):
         logger.info("slash commands synced (%s)", "guilds" if guild_ids else "global")
 
     async def on_ready(self) -> None:
-        logger.info("connected as %s (%s) to %d guilds", self.user, self.user and self.user.id,
-                    len(self.guilds))
+        logger.info(
+            "connected as %s (%s) to %d guilds",
+            self.user,
+            self.user and self.user.id,
+            len(self.guilds),
+        )
 
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError

@@ -64,7 +64,7 @@ _DTYPE_SIZES = {
 }  # fmt: skip
 _CONVERT_HINT = (
     "convert it to .safetensors with a tool you trust, e.g. "
-    "`python -c \"import torch, safetensors.torch as s; "
+    '`python -c "import torch, safetensors.torch as s; '
     "sd = torch.load('in.ckpt', weights_only=True); sd = sd.get('state_dict', sd); "
     "s.save_file({k: v.contiguous() for k, v in sd.items() if hasattr(v, 'contiguous')}, "
     "'out.safetensors')\"`"
@@ -351,7 +351,9 @@ def check_shapes(
     conv_in = header.shape("model.diffusion_model.input_blocks.0.0.weight")
     if conv_in and len(conv_in) == 4 and conv_in[1] == 9:
         hint = "It is an inpainting model (9 input channels), which imagine-bot does not support."
-    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    shown = "; ".join(problems[:3]) + (
+        f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    )
     raise CheckpointError(f"{header.path.name} does not match {where}: {shown}. {hint}")
 
 
@@ -372,14 +374,26 @@ def _unet_problems(header: CheckpointHeader, cfg: Mapping[str, Any]) -> list[str
     kernel = int(cfg.get("conv_in_kernel", 3))
     time_dim = int(cfg.get("time_embedding_dim") or c0 * 4)
     problems = [
-        *_expect(header, p + "input_blocks.0.0.weight",
-                 (c0, int(cfg.get("in_channels", 4)), kernel, kernel), "UNet input conv"),
-        *_expect(header, p + "out.2.weight",
-                 (int(cfg.get("out_channels", 4)), c0, 3, 3), "UNet output conv"),
+        *_expect(
+            header,
+            p + "input_blocks.0.0.weight",
+            (c0, int(cfg.get("in_channels", 4)), kernel, kernel),
+            "UNet input conv",
+        ),
+        *_expect(
+            header,
+            p + "out.2.weight",
+            (int(cfg.get("out_channels", 4)), c0, 3, 3),
+            "UNet output conv",
+        ),
         *_expect(header, p + "time_embed.0.weight", (time_dim, c0), "UNet time embedding"),
-        *_expect(header, p + "middle_block.0.in_layers.2.weight",
-                 (c_last, c_last, 3, 3), "UNet middle block"),
-    ]  # fmt: skip
+        *_expect(
+            header,
+            p + "middle_block.0.in_layers.2.weight",
+            (c_last, c_last, 3, 3),
+            "UNet middle block",
+        ),
+    ]
     if cfg.get("addition_embed_type") == "text_time":
         problems += _expect(
             header,
@@ -412,14 +426,26 @@ def _vae_problems(header: CheckpointHeader, cfg: Mapping[str, Any]) -> list[str]
     channels = list(cfg.get("block_out_channels", (128, 256, 512, 512)))
     latent = int(cfg.get("latent_channels", 4))
     return [
-        *_expect(header, p + "encoder.conv_in.weight",
-                 (channels[0], int(cfg.get("in_channels", 3)), 3, 3), "VAE input conv"),
-        *_expect(header, p + "decoder.conv_out.weight",
-                 (int(cfg.get("out_channels", 3)), channels[0], 3, 3), "VAE output conv"),
-        *_expect(header, p + "encoder.conv_out.weight",
-                 (2 * latent, channels[-1], 3, 3), "VAE encoder output"),
+        *_expect(
+            header,
+            p + "encoder.conv_in.weight",
+            (channels[0], int(cfg.get("in_channels", 3)), 3, 3),
+            "VAE input conv",
+        ),
+        *_expect(
+            header,
+            p + "decoder.conv_out.weight",
+            (int(cfg.get("out_channels", 3)), channels[0], 3, 3),
+            "VAE output conv",
+        ),
+        *_expect(
+            header,
+            p + "encoder.conv_out.weight",
+            (2 * latent, channels[-1], 3, 3),
+            "VAE encoder output",
+        ),
         *_expect(header, p + "post_quant_conv.weight", (latent, latent, 1, 1), "VAE latent conv"),
-    ]  # fmt: skip
+    ]
 
 
 def _text_problems(

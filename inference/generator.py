@@ -125,7 +125,9 @@ class DiffusersGenerator:
             known = ", ".join(sorted(self.models))
             raise UnknownModelError(f"model: unknown model {name!r}; available: {known}")
         if name not in self._infos:
-            self._infos[name] = inspect_model(self.models[name])
+            self._infos[name] = inspect_model(
+                self.models[name], allow_pickle=self.options.allow_pickle
+            )
         return self._infos[name]
 
     def loaded_models(self) -> tuple[str, ...]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -127,13 +129,29 @@ def clip_tokenizer(
     """
     from transformers import CLIPTokenizer
 
+    options = {"pad_token": pad_token, "model_max_length": model_max_length}
+    if "vocab" not in inspect.signature(CLIPTokenizer.__init__).parameters:
+        # transformers 4.x tokenizers only read files: write them once, load from there.
+        return CLIPTokenizer.from_pretrained(write_clip_vocab(_tokenizer_cache()), **options)
     vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        pad_token=pad_token,
-        model_max_length=model_max_length,
-    )
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), **options)
+
+
+def write_clip_vocab(directory: Path) -> Path:
+    """Materialise vocab.json and merges.txt (the usual tokenizer files) in `directory`."""
+    vocab, merges = _clip_vocab_and_merges()
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "merges.txt").is_file():
+        (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+        # merges.txt last: its presence marks a complete pair
+        (directory / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    return directory
+
+
+def _tokenizer_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imagine-bot" / "tokenizer"
 
 
 def _tokenizer_for(config_dir: Path, sub: str) -> CLIPTokenizer:
@@ -320,7 +338,9 @@ def _plan_single_file(spec: ModelSpec, path: Path, allow_pickle: bool) -> _Plan:
         # SDXL Turbo merges are used at 1024 px in practice, so SDXL keeps 1024.
         latent_size = native // 8
     else:
-        native = _native_size(load_config_json(config_dir, "unet"), load_config_json(config_dir, "vae"))
+        native = _native_size(
+            load_config_json(config_dir, "unet"), load_config_json(config_dir, "vae")
+        )
     info = _info(spec, family, variant, "single_file", native)
     return _Plan(
         info,
@@ -434,7 +454,10 @@ def load_pipeline(
         logger.exception("loading model %r from %s failed", spec.name, plan.location)
         raise _load_error(spec, plan, exc) from exc
 
-    if plan.prediction_type and pipe.scheduler.config.get("prediction_type") != plan.prediction_type:
+    if (
+        plan.prediction_type
+        and pipe.scheduler.config.get("prediction_type") != plan.prediction_type
+    ):
         pipe.scheduler = type(pipe.scheduler).from_config(
             pipe.scheduler.config, prediction_type=plan.prediction_type
         )
@@ -516,6 +539,9 @@ def _load_pretrained(plan: _Plan, torch_dtype: torch.dtype) -> Pipeline:
     kwargs = _no_extras(plan.pipeline_class)
     if plan.info.source_kind == "folder":
         kwargs["local_files_only"] = True
+    if importlib.util.find_spec("accelerate") is None:
+        # What diffusers falls back to anyway, minus a warning on every component.
+        kwargs["low_cpu_mem_usage"] = False
     return cls.from_pretrained(str(plan.location), **_dtype_kwargs(torch_dtype), **kwargs)
 
 

@@ -39,7 +39,7 @@ _SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler"),
     SamplerSpec("DPM++ SDE Karras", "DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
     SamplerSpec("DDIM", "DDIMScheduler"),
-    SamplerSpec("PNDM", "PNDMScheduler"),
+    SamplerSpec("PNDM", "PNDMScheduler", {"skip_prk_steps": True}),  # as SD ships it
     SamplerSpec("UniPC", "UniPCMultistepScheduler"),
     SamplerSpec("LCM", "LCMScheduler"),
 )

@@ -10,9 +10,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["DIFFUSERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING
 
-import pytest  # noqa: E402
+import pytest
 
 if TYPE_CHECKING:
     from inference.testing import TinyModel

@@ -70,7 +70,9 @@ class AdminCog(commands.Cog):
         word = word.strip().lower()
         if word in settings.blocked_words:
             raise UserFacingError(f"{word!r} is already blocked.")
-        await self._save(interaction, replace(settings, blocked_words=(*settings.blocked_words, word)))
+        await self._save(
+            interaction, replace(settings, blocked_words=(*settings.blocked_words, word))
+        )
 
     @admin.command(name="unblock-word")
     async def unblock_word(self, interaction: discord.Interaction, word: str) -> None:

@@ -44,7 +44,9 @@ class HistoryCog(commands.Cog):
             link = None
             if target and target.message_id and target.channel_id:
                 guild = interaction.guild_id or "@me"
-                link = f"https://discord.com/channels/{guild}/{target.channel_id}/{target.message_id}"
+                link = (
+                    f"https://discord.com/channels/{guild}/{target.channel_id}/{target.message_id}"
+                )
             lines.append(render.history_line(record, link))
         footer = f"\nPage {page}/{pages} · re-roll any of them with /reroll job:<number>"
         await interaction.response.send_message(

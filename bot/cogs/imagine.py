@@ -9,10 +9,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import actor_of
-from bot.errors import user_message
+from bot.errors import UserFacingError, user_message
 from bot.flags import parse_inline_flags
 from bot.limits import LimitError
-from bot.errors import UserFacingError
 from inference.errors import InferenceError, InvalidRequestError
 from inference.requests import ASPECT_CHOICES, RequestOptions
 from inference.samplers import sampler_names
@@ -20,8 +19,16 @@ from inference.samplers import sampler_names
 if TYPE_CHECKING:
     from bot.client import ImagineBot
 
-_OPTION_FIELDS = ("negative_prompt", "aspect_ratio", "steps", "guidance", "seed", "sampler",
-                  "model", "count")
+_OPTION_FIELDS = (
+    "negative_prompt",
+    "aspect_ratio",
+    "steps",
+    "guidance",
+    "seed",
+    "sampler",
+    "model",
+    "count",
+)
 
 
 class ImagineCog(commands.Cog):
@@ -59,13 +66,18 @@ class ImagineCog(commands.Cog):
     ) -> None:
         """Generate an image from a text prompt"""
         given = {
-            "negative_prompt": negative, "aspect_ratio": aspect, "steps": steps,
-            "guidance": guidance, "seed": seed, "sampler": sampler, "model": model,
+            "negative_prompt": negative,
+            "aspect_ratio": aspect,
+            "steps": steps,
+            "guidance": guidance,
+            "seed": seed,
+            "sampler": sampler,
+            "model": model,
             "count": count,
         }
         try:
             text, inline = parse_inline_flags(prompt)
-            for field, value in inline.items():
+            for field, _value in inline.items():
                 if given.get(field) is not None:
                     raise InvalidRequestError(field, "given both as an option and inline")
             merged = {k: v for k, v in given.items() if v is not None} | inline

@@ -1,6 +1,7 @@
 """SIGKILL the process with jobs queued and one running; a restart finishes every job and
 delivers each exactly once."""
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -18,9 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start(tmp_path: Path, submit: int = 0) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.crash_harness",
-         str(tmp_path / "jobs.sqlite3"), str(tmp_path / "out"), str(tmp_path / "delivered.txt"),
-         "--submit", str(submit)],
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.crash_harness",
+            str(tmp_path / "jobs.sqlite3"),
+            str(tmp_path / "out"),
+            str(tmp_path / "delivered.txt"),
+            "--submit",
+            str(submit),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -40,7 +48,7 @@ async def test_sigkill_then_restart_delivers_each_job_exactly_once(tmp_path: Pat
     while len(delivered(tmp_path)) < 3:  # some finished, the rest queued or running
         assert first.poll() is None, first.stderr.read()
         assert time.monotonic() < deadline, "no job finished in time"
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
 
@@ -60,4 +68,5 @@ async def test_sigkill_then_restart_delivers_each_job_exactly_once(tmp_path: Pat
         for job_id in ids:
             record = await store.get_job(job_id)
             assert record.state is JobState.DONE
-            assert all(Path(image.path).exists() for image in record.outcome.images)
+            paths = [Path(image.path) for image in record.outcome.images]
+            assert all(path.is_file() for path in paths)

@@ -27,7 +27,9 @@ def test_grid_places_images_row_major() -> None:
 
 def test_fit_to_limit_scales_down_and_keeps_metadata() -> None:
     rng = random.Random(0)
-    noisy = Image.frombytes("RGB", (256, 256), bytes(rng.randrange(256) for _ in range(256 * 256 * 3)))
+    noisy = Image.frombytes(
+        "RGB", (256, 256), bytes(rng.randrange(256) for _ in range(256 * 256 * 3))
+    )
     png = encode_png(noisy, "params")
     small = fit_to_limit(png, len(png) // 3, "x.png")
     assert len(small.data) <= len(png) // 3

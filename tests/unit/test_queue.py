@@ -11,7 +11,7 @@ import pytest
 from inference.errors import GenerationCancelled, GenerationFailedError, QueueFullError
 from inference.fakes import FakeGenerator
 from inference.jobs import JobState, Owner
-from inference.queue import JobQueue, NotYourJobError, QueueSettings
+from inference.queue import JobHandle, JobQueue, NotYourJobError, QueueSettings
 from inference.types import GenerationRequest
 from tests.memory_journal import MemoryJournal
 
@@ -21,6 +21,13 @@ pytestmark = pytest.mark.timeout(30)
 def request(seed: int = 1, prompt: str = "a fox", **changes: object) -> GenerationRequest:
     base = GenerationRequest(prompt, "", 64, 64, 4, 7.0, seed, "Euler a", 1, "fake")
     return dataclasses.replace(base, **changes)
+
+
+async def until_running(handle: JobHandle) -> None:
+    async for update in handle.updates():
+        if update.state is JobState.RUNNING:
+            return
+    raise AssertionError(f"job {handle.job_id} finished without running: {handle.state}")
 
 
 def make_queue(tmp_path: Path, generator: FakeGenerator | None = None, **settings: object):
@@ -43,10 +50,9 @@ async def test_submit_runs_on_the_worker_thread_and_saves_pngs(tmp_path: Path) -
     assert generator.threads == {"gpu-worker_0"}
     record = journal.jobs[handle.job_id]
     assert record.state is JobState.DONE
-    assert [Path(i.path).read_bytes() for i in record.outcome.images] == [
-        i.png for i in result.images
-    ]
-    assert record.outcome.grid_path and Path(record.outcome.grid_path).exists()
+    saved = [Path(i.path).read_bytes() for i in record.outcome.images]  # noqa: ASYNC240
+    assert saved == [i.png for i in result.images]
+    assert record.outcome.grid_path and Path(record.outcome.grid_path).is_file()  # noqa: ASYNC240
 
 
 async def test_round_robin_across_users(tmp_path: Path) -> None:
@@ -73,8 +79,7 @@ async def test_caps_give_a_clear_error(tmp_path: Path) -> None:
     )
     async with queue:
         running = await queue.submit(request(), Owner(1))
-        while running.state is not JobState.RUNNING:
-            await asyncio.sleep(0.01)
+        await until_running(running)
         await queue.submit(request(), Owner(1))  # a running job counts towards the user's cap
         with pytest.raises(QueueFullError, match="you already have 2 jobs"):
             await queue.submit(request(), Owner(1))
@@ -92,8 +97,7 @@ async def test_cancel_queued_and_running(tmp_path: Path) -> None:
     async with queue:
         running = await queue.submit(request(seed=1), Owner(1))
         queued = await queue.submit(request(seed=2), Owner(2))
-        while running.state is not JobState.RUNNING:
-            await asyncio.sleep(0.01)
+        await until_running(running)
         with pytest.raises(NotYourJobError):
             await queue.cancel(queued.job_id, user_id=1)
         assert await queue.cancel(queued.job_id, user_id=2) is JobState.CANCELLED
@@ -114,7 +118,9 @@ async def test_failure_fails_that_job_and_the_worker_goes_on(tmp_path: Path) -> 
     async with queue:
         bad = await queue.submit(request(prompt="boom"), Owner(1))
         good = await queue.submit(request(prompt="fine"), Owner(2))
-        with pytest.raises(GenerationFailedError, match=f"generation failed \\(job {bad.job_id}\\)"):
+        with pytest.raises(
+            GenerationFailedError, match=f"generation failed \\(job {bad.job_id}\\)"
+        ):
             await bad.result()
         assert (await good.result()).images
     assert journal.jobs[bad.job_id].state is JobState.FAILED
@@ -126,8 +132,7 @@ async def test_compatible_jobs_share_one_batched_call(tmp_path: Path) -> None:
     queue, _ = make_queue(tmp_path, generator)
     async with queue:
         first = await queue.submit(request(seed=1), Owner(1))
-        while first.state is not JobState.RUNNING:
-            await asyncio.sleep(0.01)
+        await until_running(first)
         a = await queue.submit(request(seed=10), Owner(2))
         b = await queue.submit(request(seed=20, count=2), Owner(3))
         c = await queue.submit(request(seed=30, steps=9), Owner(4))  # incompatible
@@ -195,7 +200,6 @@ async def test_close_puts_the_running_job_back(tmp_path: Path) -> None:
     queue, journal = make_queue(tmp_path, FakeGenerator(step_seconds=0.05))
     await queue.start()
     handle = await queue.submit(request(steps=100), Owner(1))
-    while handle.state is not JobState.RUNNING:
-        await asyncio.sleep(0.01)
+    await until_running(handle)
     await queue.close()
     assert journal.jobs[handle.job_id].state is JobState.QUEUED

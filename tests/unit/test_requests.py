@@ -22,14 +22,19 @@ def test_defaults_come_from_the_model() -> None:
 
 def test_random_seed_leaves_room_for_the_batch() -> None:
     request = resolve_request(RequestOptions("x", count=4), SD15, rng=random.Random(1))
-    assert 0 <= request.seed and request.seed + 3 <= 2**32 - 1
+    assert request.seed >= 0 and request.seed + 3 <= 2**32 - 1
     assert request.seeds() == tuple(request.seed + i for i in range(4))
 
 
 @pytest.mark.parametrize(
     ("native", "aspect", "size"),
-    [(1024, "16:9", (1344, 768)), (1024, "4:3", (1152, 896)), (1024, "9:16", (768, 1344)),
-     (512, "1:1", (512, 512)), (512, "3:4", (448, 576))],
+    [
+        (1024, "16:9", (1344, 768)),
+        (1024, "4:3", (1152, 896)),
+        (1024, "9:16", (768, 1344)),
+        (512, "1:1", (512, 512)),
+        (512, "3:4", (448, 576)),
+    ],
 )
 def test_aspect_ratios_map_to_family_sizes(native: int, aspect: str, size: tuple) -> None:
     assert size_for_aspect(aspect, native) == size
@@ -74,6 +79,14 @@ def test_sampler_names_match_loosely() -> None:
     assert find_sampler("euler_a").name == "Euler a"
     assert find_sampler("dpm++ 2m karras").options == {"use_karras_sigmas": True}
     assert len(sampler_names()) <= 25  # Discord's cap on choices
-    for required in ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE Karras",
-                     "DDIM", "UniPC", "LCM"):
+    for required in (
+        "Euler a",
+        "Euler",
+        "DPM++ 2M",
+        "DPM++ 2M Karras",
+        "DPM++ SDE Karras",
+        "DDIM",
+        "UniPC",
+        "LCM",
+    ):
         assert required in sampler_names()

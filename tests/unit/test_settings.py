@@ -52,7 +52,7 @@ def test_token_from_env_or_file_never_config_and_never_printed(tmp_path: Path) -
     assert "file-token" not in repr(settings)
     with pytest.raises(SettingsError, match="No Discord bot token"):
         load_settings(None, {}, require_token=True)
-    with pytest.raises(SettingsError, match="discord.token: unknown setting"):
+    with pytest.raises(SettingsError, match=r"discord\.token: unknown setting"):
         load_settings(write(tmp_path, "[discord]\ntoken = 'x'\n"), {})
 
 

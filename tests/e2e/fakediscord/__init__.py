@@ -8,7 +8,7 @@ from .commands import CommandSync, RegisteredCommand
 from .constants import CallbackType, Intent, MessageFlag, Permission
 from .discordpy import pointed_at
 from .gateway import ConnectionInfo
-from .interactions import Interaction
+from .interactions import InteractionHandle
 from .models import (
     Attachment,
     Channel,
@@ -33,7 +33,7 @@ __all__ = [
     "FakeDiscord",
     "Guild",
     "Intent",
-    "Interaction",
+    "InteractionHandle",
     "Member",
     "MessageFlag",
     "MessageRecord",

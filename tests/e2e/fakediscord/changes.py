@@ -15,6 +15,9 @@ class ChangeFeed:
     Works like ``asyncio.Condition.wait_for`` but lets plain (non-async) mutations wake
     waiters: the server changes state from sync code (a driver helper, a gateway dispatch)
     as well as from request handlers. Every waiter re-checks its predicate after each change.
+
+    Every wait here and in the driver takes a ``timeout`` with a default (hence the
+    ``noqa: ASYNC109``): a test that forgets one fails instead of hanging.
     """
 
     def __init__(self) -> None:
@@ -31,7 +34,7 @@ class ChangeFeed:
     async def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109
         describe: Callable[[], str] | None = None,
     ) -> T:
         """Return the first truthy value of ``predicate()``, re-checked after every change.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .constants import MAX_CHOICES, MAX_OPTIONS, OptionType
-from .errors import DiscordHTTPError, invalid_form_body
+from .errors import invalid_form_body
 
 _NAME = re.compile(r"^[-_'\w]{1,32}$")
 _SUBCOMMAND_TYPES = (OptionType.SUB_COMMAND, OptionType.SUB_COMMAND_GROUP)
@@ -124,7 +124,9 @@ def _check_options(options: list[Any]) -> dict[str, Any]:
         if not isinstance(name, str) or not _NAME.match(name) or name != name.lower():
             problems["name"] = {"_errors": [_err("APPLICATION_COMMAND_INVALID_NAME", "Bad name")]}
         elif name in seen:
-            problems["name"] = {"_errors": [_err("APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", name)]}
+            problems["name"] = {
+                "_errors": [_err("APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", name)]
+            }
         seen.add(str(name))
         description = option.get("description")
         if not (isinstance(description, str) and 1 <= len(description) <= 100):
@@ -132,16 +134,28 @@ def _check_options(options: list[Any]) -> dict[str, Any]:
         if option.get("required"):
             if optional_seen:
                 problems["required"] = {
-                    "_errors": [_err("APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID", "Required options must be placed before non-required options")]
+                    "_errors": [
+                        _err(
+                            "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                            "Required options must be placed before non-required options",
+                        )
+                    ]
                 }
         elif option.get("type") not in _SUBCOMMAND_TYPES:
             optional_seen = True
         choices = option.get("choices") or []
         if len(choices) > MAX_CHOICES:
-            problems["choices"] = {"_errors": [_err("BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer.")]}
+            problems["choices"] = {
+                "_errors": [_err("BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer.")]
+            }
         if choices and option.get("autocomplete"):
             problems["autocomplete"] = {
-                "_errors": [_err("APPLICATION_COMMAND_AUTOCOMPLETE_INVALID", "Autocomplete cannot be set with choices")]
+                "_errors": [
+                    _err(
+                        "APPLICATION_COMMAND_AUTOCOMPLETE_INVALID",
+                        "Autocomplete cannot be set with choices",
+                    )
+                ]
             }
         nested = _check_options(option.get("options") or [])
         if nested:
@@ -154,21 +168,49 @@ def _check_options(options: list[Any]) -> dict[str, Any]:
 def validate_choices(choices: Any) -> list[dict[str, Any]]:
     """Check an autocomplete result as Discord does; return it."""
     if not isinstance(choices, list):
-        raise invalid_form_body({"data": {"choices": {"_errors": [_err("LIST_TYPE_CONVERT", "Must be a list")]}}})
+        raise invalid_form_body(
+            {"data": {"choices": {"_errors": [_err("LIST_TYPE_CONVERT", "Must be a list")]}}}
+        )
     if len(choices) > MAX_CHOICES:
         raise invalid_form_body(
-            {"data": {"choices": {"_errors": [_err("BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer in length.")]}}}
+            {
+                "data": {
+                    "choices": {
+                        "_errors": [
+                            _err(
+                                "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_CHOICES} or fewer in length."
+                            )
+                        ]
+                    }
+                }
+            }
         )
     for index, choice in enumerate(choices):
         name = choice.get("name") if isinstance(choice, dict) else None
         if not (isinstance(name, str) and 1 <= len(name) <= 100):
             raise invalid_form_body(
-                {"data": {"choices": {str(index): {"name": {"_errors": [_err("BASE_TYPE_BAD_LENGTH", "1 to 100")]}}}}}
+                {
+                    "data": {
+                        "choices": {
+                            str(index): {
+                                "name": {"_errors": [_err("BASE_TYPE_BAD_LENGTH", "1 to 100")]}
+                            }
+                        }
+                    }
+                }
             )
         value = choice.get("value")
         if isinstance(value, str) and len(value) > 100:
             raise invalid_form_body(
-                {"data": {"choices": {str(index): {"value": {"_errors": [_err("BASE_TYPE_BAD_LENGTH", "at most 100")]}}}}}
+                {
+                    "data": {
+                        "choices": {
+                            str(index): {
+                                "value": {"_errors": [_err("BASE_TYPE_BAD_LENGTH", "at most 100")]}
+                            }
+                        }
+                    }
+                }
             )
     return choices
 
@@ -203,7 +245,9 @@ def build_invocation_options(
     specs = command.options
     chain: list[dict[str, Any]] = []
     for name in path:
-        spec = next((o for o in specs if o["name"] == name and o.get("type") in _SUBCOMMAND_TYPES), None)
+        spec = next(
+            (o for o in specs if o["name"] == name and o.get("type") in _SUBCOMMAND_TYPES), None
+        )
         if spec is None:
             raise ValueError(f"/{command.name} has no subcommand {name!r}")
         chain.append(spec)
@@ -283,9 +327,3 @@ def _check_range(command: str, spec: dict[str, Any], value: float) -> None:
     low, high = spec.get("min_value"), spec.get("max_value")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"/{command} {spec['name']}: {value} outside [{low}, {high}]")
-
-
-def ensure_json_list(body: Any) -> list[Any]:
-    if not isinstance(body, list):
-        raise DiscordHTTPError(400, 50035, "Invalid Form Body")
-    return body

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -17,6 +16,7 @@ from aiohttp import WSMsgType, web
 from .constants import API_VERSION, PRIVILEGED_INTENTS, ApplicationFlag, CloseCode, Intent, Op
 from .models import Guild
 from .state import ServerState
+from .util import iso8601
 
 _log = logging.getLogger(__name__)
 
@@ -64,18 +64,22 @@ class GatewayConnection:
         self._outbox.put_nowait(_Close(code, reason))
 
     async def run_writer(self) -> None:
-        while True:
-            item = await self._outbox.get()
-            if isinstance(item, _Close):
-                self.info.closed_by_server = True
-                await self.ws.close(code=item.code, message=item.reason.encode())
-                return
-            text = json.dumps(item)
-            if self._zlib is None:
-                await self.ws.send_str(text)
-            else:
-                data = self._zlib.compress(text.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
-                await self.ws.send_bytes(data)
+        try:
+            while True:
+                item = await self._outbox.get()
+                if isinstance(item, _Close):
+                    self.info.closed_by_server = True
+                    self.info.close_code = item.code
+                    await self.ws.close(code=item.code, message=item.reason.encode())
+                    return
+                text = json.dumps(item)
+                if self._zlib is None:
+                    await self.ws.send_str(text)
+                else:
+                    data = self._zlib.compress(text.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+                    await self.ws.send_bytes(data)
+        except ConnectionError as exc:  # the client went away mid-send
+            _log.debug("gateway send failed: %r", exc)
 
 
 @dataclass(eq=False)
@@ -132,7 +136,7 @@ class Gateway:
         """A session is live on an open websocket (after READY or RESUMED)."""
         return any(s.connection is not None for s in self.sessions.values())
 
-    async def wait_until_identified(self, timeout: float = 5.0) -> GatewaySession:
+    async def wait_until_identified(self, timeout: float = 5.0) -> GatewaySession:  # noqa: ASYNC109
         def live() -> GatewaySession | None:
             return next((s for s in self.sessions.values() if s.connection is not None), None)
 
@@ -180,7 +184,9 @@ class Gateway:
         settings = self.state.settings
         return intent is None or not settings.enforce_intents or bool(session.intents & intent)
 
-    def _as_seen_by(self, session: GatewaySession, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    def _as_seen_by(
+        self, session: GatewaySession, event: str, data: dict[str, Any]
+    ) -> dict[str, Any]:
         """Without MESSAGE_CONTENT a bot sees no content in others' guild messages."""
         if event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or "guild_id" not in data:
             return data
@@ -198,7 +204,7 @@ class Gateway:
         bot_member = guild.members.get(session.user_id)
         return {
             **guild.to_payload(),
-            "joined_at": None if bot_member is None else _iso(bot_member.joined_at),
+            "joined_at": None if bot_member is None else iso8601(bot_member.joined_at),
             "large": False,
             "unavailable": False,
             "member_count": len(guild.members),
@@ -225,7 +231,9 @@ class Gateway:
         self.connections_log.append(info)
         connection = GatewayConnection(ws, info)
         self._connections.add(connection)
-        writer = asyncio.create_task(connection.run_writer(), name=f"fakediscord-gateway-writer-{id(ws)}")
+        writer = asyncio.create_task(
+            connection.run_writer(), name=f"fakediscord-gateway-writer-{id(ws)}"
+        )
         self.state.changes.notify()
         try:
             if query.get("v", str(API_VERSION)) != str(API_VERSION):
@@ -234,7 +242,12 @@ class Gateway:
                 connection.close(CloseCode.DECODE_ERROR, "Only JSON encoding is served here")
             else:
                 heartbeat = self.state.settings.heartbeat_interval_ms
-                connection.send({"op": Op.HELLO, "d": {"heartbeat_interval": heartbeat, "_trace": ["fakediscord"]}})
+                connection.send(
+                    {
+                        "op": Op.HELLO,
+                        "d": {"heartbeat_interval": heartbeat, "_trace": ["fakediscord"]},
+                    }
+                )
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
                     self._on_text(connection, message.data)
@@ -245,15 +258,17 @@ class Gateway:
                     break
         finally:
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            (outcome,) = await asyncio.gather(writer, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                _log.error("gateway writer failed", exc_info=outcome)
             self._forget(connection)
         return ws
 
     def _forget(self, connection: GatewayConnection) -> None:
         info = connection.info
         info.open = False
-        info.close_code = connection.ws.close_code
+        if not info.closed_by_server:
+            info.close_code = connection.ws.close_code
         self._connections.discard(connection)
         session = connection.session
         if session is not None and session.connection is connection:
@@ -329,7 +344,12 @@ class Gateway:
 
     def _ready_payload(self, session: GatewaySession) -> dict[str, Any]:
         state = self.state
-        user = {**state.bot_user.to_payload(), "verified": True, "mfa_enabled": False, "email": None}
+        user = {
+            **state.bot_user.to_payload(),
+            "verified": True,
+            "mfa_enabled": False,
+            "email": None,
+        }
         payload: dict[str, Any] = {
             "v": API_VERSION,
             "user": user,
@@ -413,9 +433,3 @@ def application_flags(state: ServerState) -> int:
     if allowed & Intent.GUILD_PRESENCES:
         flags |= ApplicationFlag.GATEWAY_PRESENCE_LIMITED
     return int(flags)
-
-
-def _iso(timestamp: float) -> str:
-    from .util import iso8601
-
-    return iso8601(timestamp)

@@ -16,7 +16,7 @@ DEFAULT_WAIT = 5.0
 
 
 @dataclass(eq=False)
-class Interaction:
+class InteractionHandle:
     """One INTERACTION_CREATE the fake dispatched; the driver's handle on its outcome.
 
     ``callback_type`` is the response type the bot sent (4 message, 5 deferred, 6 deferred
@@ -89,7 +89,7 @@ class Interaction:
 
     # --- waiting ----------------------------------------------------------------------------
 
-    async def wait_for_response(self, timeout: float = DEFAULT_WAIT) -> int:
+    async def wait_for_response(self, timeout: float = DEFAULT_WAIT) -> int:  # noqa: ASYNC109
         """The callback type, once the bot has answered the interaction."""
         await self.changes.wait_for(lambda: self.responded, timeout, self._describe)
         assert self.callback_type is not None
@@ -98,7 +98,7 @@ class Interaction:
     async def wait_for_original(
         self,
         predicate: Callable[[MessageRecord], bool] | None = None,
-        timeout: float = DEFAULT_WAIT,
+        timeout: float = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> MessageRecord:
         """The original response message, once it exists and ``predicate(message)`` holds.
 
@@ -117,7 +117,7 @@ class Interaction:
     async def wait_for_followup(
         self,
         predicate: Callable[[MessageRecord], bool] | None = None,
-        timeout: float = DEFAULT_WAIT,
+        timeout: float = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> MessageRecord:
         """The first follow-up message for which ``predicate`` holds."""
 
@@ -126,7 +126,7 @@ class Interaction:
 
         return await self.changes.wait_for(ready, timeout, self._describe)
 
-    async def wait_for_choices(self, timeout: float = DEFAULT_WAIT) -> list[dict[str, Any]]:
+    async def wait_for_choices(self, timeout: float = DEFAULT_WAIT) -> list[dict[str, Any]]:  # noqa: ASYNC109
         """The autocomplete choices the bot answered with (``[]`` counts as an answer)."""
         await self.changes.wait_for(lambda: self.choices is not None, timeout, self._describe)
         assert self.choices is not None

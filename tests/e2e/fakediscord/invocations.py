@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .commands import RegisteredCommand
+from .commands import RegisteredCommand, Resolver
 from .constants import InteractionType, OptionType
-from .interactions import Interaction
+from .interactions import InteractionHandle
 from .models import Attachment, Channel, Guild, Member, MessageRecord, Role, Upload, User
 from .state import ServerState
 
@@ -14,7 +14,7 @@ Resolved = dict[str, dict[str, Any]]
 
 
 class InvocationBuilder:
-    """Creates ``Interaction`` records (registered in the state) with realistic payloads."""
+    """Creates ``InteractionHandle`` records (registered in the state) with realistic payloads."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
@@ -30,11 +30,15 @@ class InvocationBuilder:
         source_message: MessageRecord | None = None,
         locale: str = "en-US",
         attachment_size_limit: int | None = None,
-    ) -> Interaction:
+    ) -> InteractionHandle:
         state = self.state
         guild = state.guild_of(channel)
-        limit = state.settings.attachment_size_limit if attachment_size_limit is None else attachment_size_limit
-        interaction = Interaction(
+        limit = (
+            state.settings.attachment_size_limit
+            if attachment_size_limit is None
+            else attachment_size_limit
+        )
+        interaction = InteractionHandle(
             id=state.next_id(),
             token=state.new_interaction_token(),
             type=type,
@@ -58,7 +62,7 @@ class InvocationBuilder:
 
     def _payload(
         self,
-        interaction: Interaction,
+        interaction: InteractionHandle,
         data: dict[str, Any],
         guild: Guild | None,
         channel: Channel,
@@ -108,7 +112,7 @@ class InvocationBuilder:
 
     # --- option values that point at objects (users, channels, roles, files) ----------------
 
-    def resolver(self, user: User, channel: Channel):  # noqa: ANN201 - returns commands.Resolver
+    def resolver(self, user: User, channel: Channel) -> Resolver:
         """Turns objects given as option values into ids plus ``resolved`` entries."""
         state = self.state
         guild = state.guild_of(channel)
@@ -116,7 +120,9 @@ class InvocationBuilder:
         def resolve(option_type: int, raw: Any) -> tuple[Any, Resolved]:
             if option_type == OptionType.ATTACHMENT:
                 attachment = raw if isinstance(raw, Attachment) else self._upload(raw)
-                return str(attachment.id), {"attachments": {str(attachment.id): attachment.to_payload()}}
+                return str(attachment.id), {
+                    "attachments": {str(attachment.id): attachment.to_payload()}
+                }
             if option_type in (OptionType.ROLE, OptionType.MENTIONABLE) and isinstance(raw, Role):
                 return str(raw.id), {"roles": {str(raw.id): raw.to_payload()}}
             if option_type in (OptionType.USER, OptionType.MENTIONABLE):
@@ -126,7 +132,10 @@ class InvocationBuilder:
                 if guild is not None and member is not None:
                     permissions = state.permissions_for(guild, target.id, channel)
                     resolved["members"] = {
-                        str(target.id): {**member.to_payload(with_user=False), "permissions": str(permissions)}
+                        str(target.id): {
+                            **member.to_payload(with_user=False),
+                            "permissions": str(permissions),
+                        }
                     }
                 return str(target.id), resolved
             if option_type == OptionType.CHANNEL:
@@ -135,7 +144,9 @@ class InvocationBuilder:
                     raise ValueError(f"no channel {raw!r}")
                 entry = {**target_channel.to_payload(), "permissions": "0"}
                 if guild is not None:
-                    entry["permissions"] = str(state.permissions_for(guild, user.id, target_channel))
+                    entry["permissions"] = str(
+                        state.permissions_for(guild, user.id, target_channel)
+                    )
                 return str(target_channel.id), {"channels": {str(target_channel.id): entry}}
             if option_type == OptionType.ROLE:
                 role = guild.roles.get(int(raw)) if guild is not None else None

@@ -62,12 +62,16 @@ async def read_message_body(request: web.Request) -> MessageBody:
             try:
                 payload = json.loads(await part.text())
             except ValueError as exc:
-                raise DiscordHTTPError(400, 50109, "The request body contains invalid JSON.") from exc
+                raise DiscordHTTPError(
+                    400, 50109, "The request body contains invalid JSON."
+                ) from exc
             continue
         match = _FILE_FIELD.match(name) or (re.match(r"^file(\d*)$", name))
         if match is None:
             raise DiscordHTTPError(400, 50035, f"Invalid Form Body: unexpected field {name!r}")
         index = int(match.group(1) or 0)
         content = await part.read(decode=False)
-        files[index] = FilePart(index=index, filename=part.filename or f"file{index}", content=bytes(content))
+        files[index] = FilePart(
+            index=index, filename=part.filename or f"file{index}", content=bytes(content)
+        )
     return MessageBody(payload=payload, files=files)

@@ -76,6 +76,7 @@ class EditRateLimit:
         return 0.0
 
 
+_UNKNOWN_ROUTE = "fakediscord-unknown-route"
 _EDIT_ROUTES = re.compile(
     rf"^{API_PREFIX}/(channels/(?P<channel>\d+)/messages/\d+|webhooks/\d+/(?P<token>[^/]+)/messages/[^/]+)$"
 )
@@ -99,7 +100,7 @@ class RestApi:
 
     def install_fallback(self, app: web.Application) -> None:
         """The last route: anything unknown is a loud 404 (JSON, as Discord answers)."""
-        app.router.add_route("*", "/{tail:.*}", self._unknown_route)
+        app.router.add_route("*", "/{tail:.*}", self._unknown_route, name=_UNKNOWN_ROUTE)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -113,12 +114,12 @@ class RestApi:
             query=dict(request.query),
             status=response.status,
             authorization=request.headers.get("Authorization"),
-            at=time.time(),
+            at=self.state.clock.wall(),
         )
         self.requests.append(record)
         if response.status == 429:
             self.rate_limited.append(record)
-        if request.get("unknown_route"):
+        if request.match_info.route.name == _UNKNOWN_ROUTE:
             self.unknown_requests.append(record)
         if response.status >= 400:
             _log.info("%s %s -> %s", request.method, request.path, response.status)
@@ -151,7 +152,6 @@ class RestApi:
         return None
 
     async def _unknown_route(self, request: web.Request) -> web.Response:
-        request["unknown_route"] = True
         _log.error("fakediscord: no route for %s %s (answering 404)", request.method, request.path)
         return json_response({"message": "404: Not Found", "code": 0}, status=404)
 
@@ -171,5 +171,9 @@ def _too_many_requests(retry_after: float, *, is_global: bool) -> web.Response:
     }
     if is_global:
         headers["X-RateLimit-Global"] = "true"
-    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
+    body = {
+        "message": "You are being rate limited.",
+        "retry_after": retry_after,
+        "global": is_global,
+    }
     return json_response(body, status=429, headers=headers)

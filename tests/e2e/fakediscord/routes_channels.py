@@ -46,10 +46,15 @@ class ChannelRoutes:
         return self.state.bot_user.id
 
     def _channel(self, request: web.Request, needed: int = Permission.VIEW_CHANNEL) -> Channel:
-        channel = self.state.require_channel(snowflake_or_none(request.match_info["channel_id"]) or 0)
+        channel = self.state.require_channel(
+            snowflake_or_none(request.match_info["channel_id"]) or 0
+        )
         guild = self.state.guild_of(channel)
         if guild is not None:
-            if not self.state.permissions_for(guild, self._bot_id, channel) & Permission.VIEW_CHANNEL:
+            if (
+                not self.state.permissions_for(guild, self._bot_id, channel)
+                & Permission.VIEW_CHANNEL
+            ):
                 raise DiscordHTTPError(403, ErrorCode.MISSING_ACCESS, "Missing Access")
             self.state.require_permissions(channel, self._bot_id, needed)
         return channel
@@ -107,7 +112,11 @@ class ChannelRoutes:
         channel = self._channel(request)
         message = self._message(request, channel)
         if message.author.id != self._bot_id:
-            raise DiscordHTTPError(403, ErrorCode.CANNOT_EDIT_OTHER_USERS_MESSAGE, "Cannot edit a message authored by another user")
+            raise DiscordHTTPError(
+                403,
+                ErrorCode.CANNOT_EDIT_OTHER_USERS_MESSAGE,
+                "Cannot edit a message authored by another user",
+            )
         body = await read_message_body(request)
         return json_response(self._payload(self.state.edit_message(message, body)))
 
@@ -132,7 +141,9 @@ class ChannelRoutes:
 
     async def remove_own_reaction(self, request: web.Request) -> web.Response:
         channel = self._channel(request, _READ)
-        self.state.remove_reaction(self._message(request, channel), self._emoji(request), self._bot_id)
+        self.state.remove_reaction(
+            self._message(request, channel), self._emoji(request), self._bot_id
+        )
         return no_content()
 
     async def remove_user_reaction(self, request: web.Request) -> web.Response:
@@ -148,7 +159,11 @@ class ChannelRoutes:
         message = self._message(request, channel)
         user_ids = message.reactions.get(self._emoji(request), [])
         limit = max(1, min(100, int(request.query.get("limit", 25))))
-        users = [self.state.users[u].to_payload() for u in sorted(user_ids)[:limit] if u in self.state.users]
+        users = [
+            self.state.users[u].to_payload()
+            for u in sorted(user_ids)[:limit]
+            if u in self.state.users
+        ]
         return json_response(users)
 
     async def clear_emoji(self, request: web.Request) -> web.Response:

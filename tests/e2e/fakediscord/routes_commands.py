@@ -35,7 +35,9 @@ class CommandRoutes:
     def _scope(self, request: web.Request) -> int | None:
         """The guild id of a guild-command route (None for global), after access checks."""
         if snowflake_or_none(request.match_info["app_id"]) != self.state.application_id:
-            raise DiscordHTTPError(403, 20012, "You are not authorized to perform this action on this application")
+            raise DiscordHTTPError(
+                403, 20012, "You are not authorized to perform this action on this application"
+            )
         raw_guild = request.match_info.get("guild_id")
         if raw_guild is None:
             return None
@@ -50,7 +52,9 @@ class CommandRoutes:
     def _command(self, request: web.Request, guild_id: int | None) -> RegisteredCommand:
         command = self.state.commands.get(snowflake_or_none(request.match_info["command_id"]) or 0)
         if command is None or command.guild_id != guild_id:
-            raise DiscordHTTPError(404, ErrorCode.UNKNOWN_APPLICATION_COMMAND, "Unknown application command")
+            raise DiscordHTTPError(
+                404, ErrorCode.UNKNOWN_APPLICATION_COMMAND, "Unknown application command"
+            )
         return command
 
     async def list_commands(self, request: web.Request) -> web.Response:
@@ -65,21 +69,37 @@ class CommandRoutes:
         guild_id = self._scope(request)
         body = await read_json(request)
         if not isinstance(body, list):
-            raise invalid_form_body({"_errors": [{"code": "LIST_TYPE_CONVERT", "message": "Must be a list"}]})
+            raise invalid_form_body(
+                {"_errors": [{"code": "LIST_TYPE_CONVERT", "message": "Must be a list"}]}
+            )
         seen: set[tuple[str, int]] = set()
         for index, payload in enumerate(body):
             validate_command(payload, index)
             key = (payload["name"], int(payload.get("type", 1)))
             if key in seen:
                 raise invalid_form_body(
-                    {"_errors": [{"code": "APPLICATION_COMMANDS_DUPLICATE_NAME", "message": f"Duplicate name {key[0]}"}]}
+                    {
+                        "_errors": [
+                            {
+                                "code": "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                                "message": f"Duplicate name {key[0]}",
+                            }
+                        ]
+                    }
                 )
             seen.add(key)
         existing = {(c.name, c.type): c for c in self._in_scope(guild_id)}
         for command in existing.values():
             del self.state.commands[command.id]
-        result = [self._store(payload, guild_id, existing.get((payload["name"], int(payload.get("type", 1))))) for payload in body]
-        self.state.command_syncs.append(CommandSync(guild_id=guild_id, names=[c.name for c in result]))
+        result = [
+            self._store(
+                payload, guild_id, existing.get((payload["name"], int(payload.get("type", 1))))
+            )
+            for payload in body
+        ]
+        self.state.command_syncs.append(
+            CommandSync(guild_id=guild_id, names=[c.name for c in result])
+        )
         self.state.changes.notify()
         return json_response([c.to_payload() for c in result])
 
@@ -118,7 +138,9 @@ class CommandRoutes:
             application_id=self.state.application_id,
             guild_id=guild_id,
             payload=dict(payload),
-            version=previous.version if previous is not None and unchanged else self.state.next_id(),
+            version=previous.version
+            if previous is not None and unchanged
+            else self.state.next_id(),
         )
         self.state.commands[command.id] = command
         return command

@@ -53,7 +53,9 @@ class MetaRoutes:
 
     async def get_me(self, request: web.Request) -> web.Response:
         me = self.state.bot_user.to_payload()
-        return json_response({**me, "verified": True, "mfa_enabled": False, "email": None, "locale": "en-US"})
+        return json_response(
+            {**me, "verified": True, "mfa_enabled": False, "email": None, "locale": "en-US"}
+        )
 
     async def get_user(self, request: web.Request) -> web.Response:
         user = self.state.users.get(snowflake_or_none(request.match_info["user_id"]) or 0)
@@ -104,7 +106,9 @@ class AttachmentRoutes:
         app.router.add_get("/attachments/{attachment_id}/{filename}", self.get_attachment)
 
     async def get_attachment(self, request: web.Request) -> web.Response:
-        attachment = self.state.attachments.get(snowflake_or_none(request.match_info["attachment_id"]) or 0)
+        attachment = self.state.attachments.get(
+            snowflake_or_none(request.match_info["attachment_id"]) or 0
+        )
         if attachment is None or attachment.filename != request.match_info["filename"]:
             return web.Response(status=404, text="Not Found")
         headers = {"Content-Type": attachment.content_type or "application/octet-stream"}
@@ -130,10 +134,14 @@ def application_payload(state: ServerState) -> dict[str, Any]:
         "rpc_origins": [],
         "terms_of_service_url": None,
         "privacy_policy_url": None,
-        "interactions_endpoint_url": None,  # non-null makes discord.py warn: no gateway interactions
+        # a URL here would make discord.py warn that no interactions come by the gateway
+        "interactions_endpoint_url": None,
         "role_connections_verification_url": None,
         "tags": [],
-        "install_params": {"scopes": ["bot", "applications.commands"], "permissions": str(int(Permission.SEND_MESSAGES))},
+        "install_params": {
+            "scopes": ["bot", "applications.commands"],
+            "permissions": str(int(Permission.SEND_MESSAGES)),
+        },
         "integration_types_config": {"0": {}},
         "approximate_guild_count": len(state.guilds),
         "redirect_uris": [],

@@ -19,9 +19,18 @@ from .constants import (
     Permission,
 )
 from .gateway import ConnectionInfo, Gateway
-from .interactions import DEFAULT_WAIT, Interaction
+from .interactions import DEFAULT_WAIT, InteractionHandle
 from .invocations import InvocationBuilder
-from .models import Channel, Guild, Member, MessageRecord, PermissionOverwrite, Role, User, parse_emoji
+from .models import (
+    Channel,
+    Guild,
+    Member,
+    MessageRecord,
+    PermissionOverwrite,
+    Role,
+    User,
+    parse_emoji,
+)
 from .multipart import MessageBody
 from .rest import EditRateLimit, RateLimitRule, RequestRecord, RestApi
 from .routes_channels import ChannelRoutes
@@ -198,7 +207,9 @@ class FakeDiscord:
             self.state.add_member(guild or self.guild, user, roles)
         return user
 
-    def add_member(self, user: User, *, guild: Guild | None = None, roles: Iterable[Role] = ()) -> Member:
+    def add_member(
+        self, user: User, *, guild: Guild | None = None, roles: Iterable[Role] = ()
+    ) -> Member:
         return self.state.add_member(guild or self.guild, user, roles)
 
     def add_role(self, name: str, permissions: int = 0, *, guild: Guild | None = None) -> Role:
@@ -241,7 +252,7 @@ class FakeDiscord:
         channel: Channel | None = None,
         locale: str = "en-US",
         attachment_size_limit: int | None = None,
-    ) -> Interaction:
+    ) -> InteractionHandle:
         """Run a registered slash command as ``user`` (default ``self.user``) in ``channel``.
 
         ``name`` may name a subcommand: ``"admin queue clear"``. Options are checked against
@@ -272,14 +283,16 @@ class FakeDiscord:
         *,
         user: UserLike | None = None,
         channel: Channel | None = None,
-        timeout: float = DEFAULT_WAIT,
+        timeout: float = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> list[dict[str, Any]]:
         """Type into option ``focused`` (its value in ``options``, as typed so far); return
         the choices the bot answered with."""
         user_obj, channel_obj = _user(user or self.user), channel or self.channel
         command, path = self._find_command(name, channel_obj)
         resolve = self._invocations.resolver(user_obj, channel_obj)
-        option_list, resolved = build_invocation_options(command, path, options, resolve, focused=focused)
+        option_list, resolved = build_invocation_options(
+            command, path, options, resolve, focused=focused
+        )
         interaction = self._invocations.create(
             InteractionType.APPLICATION_COMMAND_AUTOCOMPLETE,
             self._command_data(command, option_list, resolved),
@@ -290,19 +303,30 @@ class FakeDiscord:
         self._dispatch_interaction(interaction)
         return await interaction.wait_for_choices(timeout)
 
-    def click_button(self, message: MessageLike, custom_id: str, *, user: UserLike | None = None) -> Interaction:
+    def click_button(
+        self, message: MessageLike, custom_id: str, *, user: UserLike | None = None
+    ) -> InteractionHandle:
         """Click the button ``custom_id`` on ``message`` as ``user``."""
         record = self._message(message)
         component = _find_component(record.components, custom_id)
         if component is None or component.get("type") != ComponentType.BUTTON:
-            raise LookupError(f"message {record.id} has no button {custom_id!r}: {record.components}")
+            raise LookupError(
+                f"message {record.id} has no button {custom_id!r}: {record.components}"
+            )
         if component.get("disabled"):
             raise ValueError(f"button {custom_id!r} is disabled")
-        return self._component_interaction(record, {"custom_id": custom_id, "component_type": ComponentType.BUTTON}, user)
+        return self._component_interaction(
+            record, {"custom_id": custom_id, "component_type": ComponentType.BUTTON}, user
+        )
 
     def choose(
-        self, message: MessageLike, custom_id: str, values: list[str], *, user: UserLike | None = None
-    ) -> Interaction:
+        self,
+        message: MessageLike,
+        custom_id: str,
+        values: list[str],
+        *,
+        user: UserLike | None = None,
+    ) -> InteractionHandle:
         """Pick ``values`` in the select menu ``custom_id`` on ``message``."""
         record = self._message(message)
         component = _find_component(record.components, custom_id)
@@ -312,14 +336,21 @@ class FakeDiscord:
         return self._component_interaction(record, data, user)
 
     def submit_modal(
-        self, shown_by: Interaction, values: Mapping[str, str], *, user: UserLike | None = None
-    ) -> Interaction:
+        self,
+        shown_by: InteractionHandle,
+        values: Mapping[str, str],
+        *,
+        user: UserLike | None = None,
+    ) -> InteractionHandle:
         """Fill in and submit the modal the bot answered ``shown_by`` with."""
         modal = shown_by.modal
         if modal is None:
             raise LookupError(f"interaction {shown_by.id} was not answered with a modal")
         channel = self.state.require_channel(shown_by.channel_id)
-        data = {"custom_id": modal["custom_id"], "components": _modal_submission(modal["components"], values)}
+        data = {
+            "custom_id": modal["custom_id"],
+            "components": _modal_submission(modal["components"], values),
+        }
         interaction = self._invocations.create(
             InteractionType.MODAL_SUBMIT,
             data,
@@ -332,31 +363,43 @@ class FakeDiscord:
 
     # --- playing users: messages and reactions ----------------------------------------------
 
-    def post_message(self, content: str, *, user: UserLike | None = None, channel: Channel | None = None) -> MessageRecord:
+    def post_message(
+        self, content: str, *, user: UserLike | None = None, channel: Channel | None = None
+    ) -> MessageRecord:
         """``user`` writes ``content`` in ``channel`` (MESSAGE_CREATE if the bot's intents ask)."""
-        return self.state.create_message(channel or self.channel, _user(user or self.user), MessageBody({"content": content}))
+        return self.state.create_message(
+            channel or self.channel, _user(user or self.user), MessageBody({"content": content})
+        )
 
-    def add_reaction(self, message: MessageLike, emoji: str, *, user: UserLike | None = None) -> bool:
+    def add_reaction(
+        self, message: MessageLike, emoji: str, *, user: UserLike | None = None
+    ) -> bool:
         """``user`` reacts; dispatches MESSAGE_REACTION_ADD. False if already reacted."""
         record = self._message(message)
         if record.ephemeral:
             raise ValueError("nobody can react to an ephemeral message")
         return self.state.add_reaction(record, _emoji(emoji), _user(user or self.user))
 
-    def remove_reaction(self, message: MessageLike, emoji: str, *, user: UserLike | None = None) -> bool:
+    def remove_reaction(
+        self, message: MessageLike, emoji: str, *, user: UserLike | None = None
+    ) -> bool:
         record = self._message(message)
         return self.state.remove_reaction(record, _emoji(emoji), _user(user or self.user).id)
 
     # --- waiting ----------------------------------------------------------------------------
 
     async def wait_for(
-        self, predicate: Callable[[FakeDiscord], T], timeout: float = DEFAULT_WAIT
+        self,
+        predicate: Callable[[FakeDiscord], T],
+        timeout: float = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> T:
         """The first truthy ``predicate(fake)``, re-evaluated after every state change."""
         return await self.state.changes.wait_for(lambda: predicate(self), timeout, self._describe)
 
     async def wait_for_message(
-        self, predicate: Callable[[MessageRecord], bool], timeout: float = DEFAULT_WAIT
+        self,
+        predicate: Callable[[MessageRecord], bool],
+        timeout: float = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> MessageRecord:
         """The first message (any channel, deleted ones included) matching ``predicate``."""
 
@@ -365,7 +408,7 @@ class FakeDiscord:
 
         return await self.state.changes.wait_for(find, timeout, self._describe)
 
-    async def wait_until_identified(self, timeout: float = DEFAULT_WAIT) -> None:
+    async def wait_until_identified(self, timeout: float = DEFAULT_WAIT) -> None:  # noqa: ASYNC109
         await self.gateway.wait_until_identified(timeout)
 
     def _describe(self) -> str:
@@ -454,7 +497,7 @@ class FakeDiscord:
         return self.state.messages_in((channel or self.channel).id)
 
     @property
-    def interactions(self) -> list[Interaction]:
+    def interactions(self) -> list[InteractionHandle]:
         return list(self.state.interactions.values())
 
     @property
@@ -469,7 +512,9 @@ class FakeDiscord:
     def command(self, name: str, guild: Guild | None = None) -> RegisteredCommand:
         found = next((c for c in self.commands(guild) if c.name == name), None)
         if found is None:
-            raise LookupError(f"no command {name!r}; registered: {[c.name for c in self.commands(guild)]}")
+            raise LookupError(
+                f"no command {name!r}; registered: {[c.name for c in self.commands(guild)]}"
+            )
         return found
 
     # --- internals --------------------------------------------------------------------------
@@ -478,7 +523,9 @@ class FakeDiscord:
         top, *path = name.split()
         guild_id = channel.guild_id
         candidates = [c for c in self.state.commands.values() if c.name == top and c.type == 1]
-        command = next((c for c in candidates if c.guild_id == guild_id and guild_id is not None), None)
+        command = next(
+            (c for c in candidates if c.guild_id == guild_id and guild_id is not None), None
+        )
         command = command or next((c for c in candidates if c.guild_id is None), None)
         if command is None:
             names = sorted({c.name for c in self.state.commands.values()})
@@ -500,7 +547,7 @@ class FakeDiscord:
 
     def _component_interaction(
         self, record: MessageRecord, data: dict[str, Any], user: UserLike | None
-    ) -> Interaction:
+    ) -> InteractionHandle:
         interaction = self._invocations.create(
             InteractionType.MESSAGE_COMPONENT,
             data,
@@ -511,7 +558,7 @@ class FakeDiscord:
         self._dispatch_interaction(interaction)
         return interaction
 
-    def _dispatch_interaction(self, interaction: Interaction) -> None:
+    def _dispatch_interaction(self, interaction: InteractionHandle) -> None:
         if not self.gateway.identified:
             raise RuntimeError("no bot is connected to the gateway to receive the interaction")
         self.gateway.dispatch(
@@ -542,20 +589,29 @@ def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[st
             return component
         for key in ("components", "accessory", "component"):
             nested = component.get(key)
-            children = nested if isinstance(nested, list) else [nested] if isinstance(nested, dict) else []
+            children = (
+                nested if isinstance(nested, list) else [nested] if isinstance(nested, dict) else []
+            )
             found = _find_component(children, custom_id)
             if found is not None:
                 return found
     return None
 
 
-def _modal_submission(components: list[dict[str, Any]], values: Mapping[str, str]) -> list[dict[str, Any]]:
+def _modal_submission(
+    components: list[dict[str, Any]], values: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """What Discord sends back for a modal: the same rows/labels, text inputs with values."""
     submitted: list[dict[str, Any]] = []
     for component in components:
         kind = component.get("type")
         if kind == ComponentType.ACTION_ROW:
-            submitted.append({"type": kind, "components": _modal_submission(component.get("components", []), values)})
+            submitted.append(
+                {
+                    "type": kind,
+                    "components": _modal_submission(component.get("components", []), values),
+                }
+            )
         elif kind == ComponentType.LABEL:
             inner = _modal_submission([component["component"]], values)[0]
             submitted.append({"type": kind, "id": component.get("id", 0), "component": inner})
@@ -563,11 +619,21 @@ def _modal_submission(components: list[dict[str, Any]], values: Mapping[str, str
             custom_id = component["custom_id"]
             if component.get("required", True) and custom_id not in values:
                 raise ValueError(f"modal field {custom_id!r} is required")
-            submitted.append({"type": kind, "custom_id": custom_id, "value": values.get(custom_id, "")})
+            submitted.append(
+                {"type": kind, "custom_id": custom_id, "value": values.get(custom_id, "")}
+            )
         elif "custom_id" in component:  # selects inside labels
             custom_id = component["custom_id"]
             chosen = values.get(custom_id, [])
-            submitted.append({"type": kind, "custom_id": custom_id, "values": list(chosen) if not isinstance(chosen, str) else [chosen]})
+            submitted.append(
+                {
+                    "type": kind,
+                    "custom_id": custom_id,
+                    "values": list(chosen) if not isinstance(chosen, str) else [chosen],
+                }
+            )
         else:
-            submitted.append({"type": kind, **({"id": component["id"]} if "id" in component else {})})
+            submitted.append(
+                {"type": kind, **({"id": component["id"]} if "id" in component else {})}
+            )
     return submitted

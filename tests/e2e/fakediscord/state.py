@@ -31,7 +31,7 @@ from .constants import (
     Permission,
 )
 from .errors import DiscordHTTPError, field_error
-from .interactions import Interaction
+from .interactions import InteractionHandle
 from .models import (
     Attachment,
     Channel,
@@ -41,6 +41,7 @@ from .models import (
     PermissionOverwrite,
     Role,
     User,
+    emoji_payload,
     guess_content_type,
 )
 from .multipart import MessageBody
@@ -104,7 +105,7 @@ class ServerState:
         self.attachments: dict[int, Attachment] = {}
         self.commands: dict[int, RegisteredCommand] = {}
         self.command_syncs: list[CommandSync] = []
-        self.interactions: dict[int, Interaction] = {}
+        self.interactions: dict[int, InteractionHandle] = {}
 
         self.bot_user = self.add_user("imagine-bot", bot=True)
         self.application_id = self.bot_user.id  # as for every app made since 2020
@@ -123,7 +124,10 @@ class ServerState:
         owner = owner or self.owner
         guild = Guild(id=self.next_id(), name=name, owner_id=owner.id)
         guild.roles[guild.id] = Role(
-            id=guild.id, guild_id=guild.id, name="@everyone", permissions=EVERYONE_DEFAULT_PERMISSIONS
+            id=guild.id,
+            guild_id=guild.id,
+            name="@everyone",
+            permissions=EVERYONE_DEFAULT_PERMISSIONS,
         )
         bot_role = Role(
             id=self.next_id(),
@@ -170,7 +174,10 @@ class ServerState:
 
     def add_member(self, guild: Guild, user: User, roles: Iterable[Role] = ()) -> Member:
         member = Member(
-            user=user, guild_id=guild.id, role_ids=[r.id for r in roles], joined_at=self.clock.wall()
+            user=user,
+            guild_id=guild.id,
+            role_ids=[r.id for r in roles],
+            joined_at=self.clock.wall(),
         )
         guild.members[user.id] = member
         self.events.dispatch(
@@ -277,7 +284,12 @@ class ServerState:
     def visible_message(self, channel_id: int, message_id: int) -> MessageRecord:
         """A message as the channel routes see it: not deleted, not ephemeral."""
         message = self.messages.get(message_id)
-        if message is None or message.channel_id != channel_id or message.deleted or message.ephemeral:
+        if (
+            message is None
+            or message.channel_id != channel_id
+            or message.deleted
+            or message.ephemeral
+        ):
             raise DiscordHTTPError(404, ErrorCode.UNKNOWN_MESSAGE, "Unknown Message")
         return message
 
@@ -293,7 +305,7 @@ class ServerState:
         size_limit: int | None = None,
         flags: int = 0,
         type: int = MessageType.DEFAULT,
-        interaction: Interaction | None = None,
+        interaction: InteractionHandle | None = None,
         interaction_metadata: dict[str, Any] | None = None,
         allow_empty: bool = False,
     ) -> MessageRecord:
@@ -373,25 +385,43 @@ class ServerState:
         content = payload.get("content", message.content if not creating else "")
         content = "" if content is None else str(content)
         embeds = payload.get("embeds", None if creating else message.embeds) or []
-        if "embed" in payload and payload["embed"]:
+        if payload.get("embed"):
             embeds = [payload["embed"]]
         components = payload.get("components", None if creating else message.components) or []
-        attachments = self._resolve_attachments(message, body, size_limit, creating, ephemeral=message.ephemeral)
+        attachments = self._resolve_attachments(
+            message, body, size_limit, creating, ephemeral=message.ephemeral
+        )
 
         if len(content) > MAX_CONTENT_LENGTH:
-            raise field_error("content", f"Must be {MAX_CONTENT_LENGTH} or fewer in length.", "BASE_TYPE_MAX_LENGTH")
+            raise field_error(
+                "content",
+                f"Must be {MAX_CONTENT_LENGTH} or fewer in length.",
+                "BASE_TYPE_MAX_LENGTH",
+            )
         if len(embeds) > MAX_EMBEDS:
-            raise field_error("embeds", f"Must be {MAX_EMBEDS} or fewer in length.", "BASE_TYPE_MAX_LENGTH")
+            raise field_error(
+                "embeds", f"Must be {MAX_EMBEDS} or fewer in length.", "BASE_TYPE_MAX_LENGTH"
+            )
         if len(attachments) > MAX_ATTACHMENTS:
-            raise field_error("attachments", f"Must be {MAX_ATTACHMENTS} or fewer in length.", "BASE_TYPE_MAX_LENGTH")
-        if not (content or embeds or attachments or components or payload.get("poll") or allow_empty):
-            raise DiscordHTTPError(400, ErrorCode.CANNOT_SEND_EMPTY_MESSAGE, "Cannot send an empty message")
+            raise field_error(
+                "attachments",
+                f"Must be {MAX_ATTACHMENTS} or fewer in length.",
+                "BASE_TYPE_MAX_LENGTH",
+            )
+        if not (
+            content or embeds or attachments or components or payload.get("poll") or allow_empty
+        ):
+            raise DiscordHTTPError(
+                400, ErrorCode.CANNOT_SEND_EMPTY_MESSAGE, "Cannot send an empty message"
+            )
 
         message.content = content
         message.embeds = list(embeds)
         message.components = list(components)
         message.attachments = attachments
-        message.mentions = [self.users[int(i)] for i in _MENTION.findall(content) if int(i) in self.users]
+        message.mentions = [
+            self.users[int(i)] for i in _MENTION.findall(content) if int(i) in self.users
+        ]
         if "flags" in payload and payload["flags"] is not None:
             keep = message.flags & MessageFlag.EPHEMERAL
             message.flags = keep | (int(payload["flags"]) & _SETTABLE_FLAGS)
@@ -416,12 +446,17 @@ class ServerState:
         limit = self.settings.attachment_size_limit if size_limit is None else size_limit
         for part in body.files.values():
             if len(part.content) > limit:
-                raise DiscordHTTPError(413, ErrorCode.REQUEST_ENTITY_TOO_LARGE, "Request entity too large")
+                raise DiscordHTTPError(
+                    413, ErrorCode.REQUEST_ENTITY_TOO_LARGE, "Request entity too large"
+                )
         listed = body.payload.get("attachments")
         existing = {a.id: a for a in message.attachments}
         if listed is None:
             kept = [] if creating else list(message.attachments)
-            return kept + [self._store_upload(p.filename, p.content, None, ephemeral) for _, p in sorted(body.files.items())]
+            return kept + [
+                self._store_upload(p.filename, p.content, None, ephemeral)
+                for _, p in sorted(body.files.items())
+            ]
         result: list[Attachment] = []
         for index, entry in enumerate(listed):
             raw_id = entry.get("id") if isinstance(entry, dict) else None
@@ -432,7 +467,9 @@ class ServerState:
             if attachment_id in body.files:
                 part = body.files[attachment_id]
                 filename = entry.get("filename") or part.filename
-                result.append(self._store_upload(filename, part.content, entry.get("description"), ephemeral))
+                result.append(
+                    self._store_upload(filename, part.content, entry.get("description"), ephemeral)
+                )
             elif attachment_id in existing:
                 result.append(existing[attachment_id])
             else:
@@ -440,14 +477,19 @@ class ServerState:
         return result
 
     def _store_upload(
-        self, filename: str, content: bytes, description: str | None, ephemeral: bool
+        self,
+        filename: str,
+        content: bytes,
+        description: str | None,
+        ephemeral: bool,
+        content_type: str | None = None,
     ) -> Attachment:
         attachment_id = self.next_id()
         attachment = Attachment(
             id=attachment_id,
             filename=filename,
             content=content,
-            content_type=guess_content_type(filename, content),
+            content_type=content_type or guess_content_type(filename, content),
             url=f"{self.base_url}/attachments/{attachment_id}/{quote(filename)}",
             description=description,
             ephemeral=ephemeral,
@@ -456,21 +498,15 @@ class ServerState:
         return attachment
 
     def store_attachment(
-        self, filename: str, content: bytes, content_type: str | None = None, *, ephemeral: bool = True
+        self,
+        filename: str,
+        content: bytes,
+        content_type: str | None = None,
+        *,
+        ephemeral: bool = True,
     ) -> Attachment:
         """An attachment a user uploads into a command option."""
-        attachment = self._store_upload(filename, content, None, ephemeral)
-        if content_type is not None:
-            attachment = Attachment(
-                id=attachment.id,
-                filename=attachment.filename,
-                content=attachment.content,
-                content_type=content_type,
-                url=attachment.url,
-                ephemeral=ephemeral,
-            )
-            self.attachments[attachment.id] = attachment
-        return attachment
+        return self._store_upload(filename, content, None, ephemeral, content_type)
 
     # --- reactions --------------------------------------------------------------------------
 
@@ -488,7 +524,10 @@ class ServerState:
         data["burst"] = False
         data["burst_colors"] = []
         self.events.dispatch(
-            "MESSAGE_REACTION_ADD", data, guild_id=message.guild_id, intent=_reaction_intent(message)
+            "MESSAGE_REACTION_ADD",
+            data,
+            guild_id=message.guild_id,
+            intent=_reaction_intent(message),
         )
         self.changes.notify()
         return True
@@ -503,13 +542,19 @@ class ServerState:
         data = self._reaction_event(message, emoji, user_id)
         data["burst"] = False
         self.events.dispatch(
-            "MESSAGE_REACTION_REMOVE", data, guild_id=message.guild_id, intent=_reaction_intent(message)
+            "MESSAGE_REACTION_REMOVE",
+            data,
+            guild_id=message.guild_id,
+            intent=_reaction_intent(message),
         )
         self.changes.notify()
         return True
 
     def clear_reactions(self, message: MessageRecord, emoji: str | None = None) -> None:
-        data: dict[str, Any] = {"channel_id": str(message.channel_id), "message_id": str(message.id)}
+        data: dict[str, Any] = {
+            "channel_id": str(message.channel_id),
+            "message_id": str(message.id),
+        }
         if message.guild_id is not None:
             data["guild_id"] = str(message.guild_id)
         if emoji is None:
@@ -517,9 +562,11 @@ class ServerState:
             event = "MESSAGE_REACTION_REMOVE_ALL"
         else:
             message.reactions.pop(emoji, None)
-            data["emoji"] = _emoji(emoji)
+            data["emoji"] = emoji_payload(emoji)
             event = "MESSAGE_REACTION_REMOVE_EMOJI"
-        self.events.dispatch(event, data, guild_id=message.guild_id, intent=_reaction_intent(message))
+        self.events.dispatch(
+            event, data, guild_id=message.guild_id, intent=_reaction_intent(message)
+        )
         self.changes.notify()
 
     def _reaction_event(self, message: MessageRecord, emoji: str, user_id: int) -> dict[str, Any]:
@@ -528,7 +575,7 @@ class ServerState:
             "user_id": str(user_id),
             "channel_id": str(message.channel_id),
             "message_id": str(message.id),
-            "emoji": _emoji(emoji),
+            "emoji": emoji_payload(emoji),
         }
         if message.guild_id is not None:
             data["guild_id"] = str(message.guild_id)
@@ -539,7 +586,7 @@ class ServerState:
     def new_interaction_token(self) -> str:
         return "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)
 
-    def interaction_by_token(self, token: str) -> Interaction | None:
+    def interaction_by_token(self, token: str) -> InteractionHandle | None:
         return next((i for i in self.interactions.values() if i.token == token), None)
 
 
@@ -551,9 +598,3 @@ def _reaction_intent(message: MessageRecord) -> int:
     if message.guild_id is not None:
         return Intent.GUILD_MESSAGE_REACTIONS
     return Intent.DIRECT_MESSAGE_REACTIONS
-
-
-def _emoji(key: str) -> dict[str, Any]:
-    from .models import emoji_payload
-
-    return emoji_payload(key)

@@ -32,7 +32,7 @@ class Clock:
 
 
 class SnowflakeFactory:
-    """Makes ids shaped like Discord's: milliseconds since 2015 << 22 | a counter, ever increasing."""
+    """Ids shaped like Discord's (milliseconds since 2015 << 22 | worker | counter), increasing."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock

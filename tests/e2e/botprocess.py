@@ -1,0 +1,90 @@
+"""Starting the bot the way an operator does (`imagine-bot run --config …`), against FakeDiscord."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference.testing import TinyModel
+from tests.e2e.fakediscord import FakeDiscord
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(directory: Path, fake: FakeDiscord, tiny: TinyModel, extra: str = "") -> Path:
+    config = directory / "bot.toml"
+    config.write_text(
+        f"""
+[discord]
+api_base = "{fake.rest_base}"
+gateway_url = "{fake.gateway_url}"
+moderator_role_ids = [{fake.moderator_role.id}]
+
+[storage]
+data_dir = "{directory / "data"}"
+
+[inference]
+preview_interval_s = 0.0
+
+[[models]]
+name = "tiny"
+source = "{tiny.single_file}"
+config = "{tiny.folder}"
+
+[progress]
+edit_interval_s = 0.05
+
+{extra}
+"""
+    )
+    return config
+
+
+@dataclass
+class BotProcess:
+    config: Path
+    token: str
+    log: Path
+    process: asyncio.subprocess.Process | None = None
+    starts: int = field(default=0)
+
+    async def start(self) -> None:
+        env = {
+            **os.environ,
+            "DISCORD_TOKEN": self.token,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.starts += 1
+        log = self.log.open("a")
+        log.write(f"\n===== start {self.starts} =====\n")
+        log.flush()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "--config",
+            str(self.config),
+            "run",
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:  # noqa: ASYNC109
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
