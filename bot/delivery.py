@@ -13,6 +13,7 @@ import io
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,7 @@ class Deliverer:
             if shown == last_shown or now - last_edit < self.edit_interval_s:
                 continue  # Discord allows ~5 edits per 5 s per channel: coalesce
             last_shown, last_edit = shown, now
-            await self._show_progress(handle, target)
+            target = await self._show_progress(handle, target)
         try:
             result = await handle.result()
         except GenerationCancelled:
@@ -122,7 +123,8 @@ class Deliverer:
             upload_limit,
         )
 
-    async def _show_progress(self, handle: JobHandle, target: DeliveryTarget) -> None:
+    async def _show_progress(self, handle: JobHandle, target: DeliveryTarget) -> DeliveryTarget:
+        """Edit the progress message; returns the target to use from now on."""
         if handle.state is JobState.QUEUED:
             content = render.queued_text(
                 handle.job_id, handle.position, handle.eta_s, handle.request.prompt
@@ -137,6 +139,11 @@ class Deliverer:
         except discord.HTTPException as error:
             # A missed progress edit is harmless; the result is what matters.
             logger.info("job %d: progress edit failed: %s", handle.job_id, error)
+            if error.status == 401 and target.interaction_token is not None:
+                # The interaction token died early (Discord revoked it, or the clocks
+                # disagree): go on editing as the bot, the message's author.
+                return replace(target, interaction_token=None, token_expires_at=None)
+        return target
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -209,11 +216,17 @@ class Deliverer:
                 files=attachments(),
                 view=view,
             )
-            message_id = message.id if message else None
-            if message_id is not None and target.channel_id is not None:
+            if message is not None and target.channel_id is not None:
                 await self.store.set_delivery_target(
-                    job_id, channel_id=target.channel_id, message_id=message_id
+                    job_id, channel_id=target.channel_id, message_id=message.id
                 )
+                # Point the old progress message at the new one (as the bot: token is dead).
+                await self._try_edit(
+                    replace(target, interaction_token=None),
+                    content=f"✅ Done: {message.jump_url} (job {job_id})",
+                    attachments=[],
+                )
+            message_id = message.id if message else None
         if message_id is not None:
             await self._add_reactions(target.channel_id, message_id)  # type: ignore[arg-type]
         logger.info("job %d: delivered to channel %s", job_id, target.channel_id)
