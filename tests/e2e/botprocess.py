@@ -36,7 +36,7 @@ source = "{tiny.single_file}"
 config = "{tiny.folder}"
 
 [progress]
-edit_interval_s = 0.05
+edit_interval_s = 0.2
 
 {extra}
 """

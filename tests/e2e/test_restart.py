@@ -1,0 +1,66 @@
+"""Crash and restart with jobs queued: every job is delivered, and delivered exactly once."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import pytest
+
+from inference.testing import TinyModel
+from tests.e2e.conftest import start_bot, wait_until_ready
+from tests.e2e.fakediscord import FakeDiscord
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
+WAIT = 90.0
+
+
+def delivered_jobs(fake: FakeDiscord, since: int) -> Counter[int]:
+    """How many messages newer than message `since` carry each job's image (job-<id>-<i>.png)."""
+    counts: Counter[int] = Counter()
+    for message in fake.messages_in():
+        if message.id <= since:
+            continue
+        jobs = {
+            int(a.filename.split("-")[1])
+            for a in message.attachments
+            if a.filename.startswith("job-")
+        }
+        counts.update(jobs)
+    return counts
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_restart_with_jobs_queued_delivers_each_exactly_once(
+    fake: FakeDiscord, tiny_model: TinyModel, tmp_path, how: signal.Signals
+) -> None:
+    since = max((m.id for m in fake.messages_in()), default=0)  # each run has its own DB
+    bot = await start_bot(fake, tiny_model, tmp_path, "[limits]\nmax_steps = 1000\n")
+    users = [fake.add_user(f"user{i}-{how.name}") for i in range(3)]
+    handles = [
+        fake.invoke_slash("imagine", {"prompt": f"job {i} --steps 120"}, user=user)
+        for i, user in enumerate(users)
+    ]
+    for handle in handles:
+        await handle.wait_for_response(timeout=WAIT)
+    # Stop while the first job is mid-way (progress shown) and the others wait.
+    await handles[0].wait_for_original(lambda m: "%" in (m.content or ""), timeout=WAIT)
+    before = set(delivered_jobs(fake, since))
+    code = await bot.stop(how)
+    if how == signal.SIGTERM:
+        assert code == 0, bot.log_text()[-3000:]
+        assert "stopped cleanly" in bot.log_text()
+    assert delivered_jobs(fake, since).keys() == before  # nothing finished yet
+
+    await bot.start()
+    await wait_until_ready(fake, bot)
+    job_ids = []
+    for handle in handles:
+        final = await handle.wait_for_original(
+            lambda m: any(a.filename.startswith("job-") for a in m.attachments), timeout=WAIT
+        )
+        job_ids.append(int(final.attachments[0].filename.split("-")[1]))
+    counts = delivered_jobs(fake, since)
+    assert all(counts[job_id] == 1 for job_id in job_ids), counts
+    assert "resumed after restart" in bot.log_text()
+    await bot.stop()
