@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 logger = logging.getLogger("bot")
 
@@ -86,10 +89,32 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, [settings.discord.token])
     if args.command == "generate":
         return _generate(args, settings)
-    from bot.app import run_bot
+    return _run(settings)
 
-    with contextlib.suppress(KeyboardInterrupt):
+
+def _run(settings: Settings) -> int:
+    import discord
+
+    from bot.app import run_bot
+    from inference.errors import InferenceError
+
+    try:
         asyncio.run(run_bot(settings))
+    except KeyboardInterrupt:
+        pass
+    except InferenceError as error:  # e.g. a configured model that cannot be used
+        print(f"imagine-bot: {error}", file=sys.stderr)
+        return 2
+    except discord.LoginFailure:
+        print(
+            "imagine-bot: Discord rejected the bot token. Reset it in the developer portal "
+            "(Bot > Reset Token) and set DISCORD_TOKEN to the new one.",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("imagine-bot: Discord refused the gateway intents.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -98,17 +123,18 @@ def _tiny_model(args: argparse.Namespace) -> int:
     from inference.testing import save_tiny_model, tiny_model_spec_toml
 
     tiny = save_tiny_model(args.directory, family=args.family)
-    print(f"Tiny {args.family} model written to {args.directory}. Add to your config:\n")
+    # The TOML goes to stdout alone, so `imagine-bot tiny-model DIR > tiny.toml` is a config.
+    print(f"Tiny {args.family} model written to {args.directory}; its config:", file=sys.stderr)
     print(tiny_model_spec_toml(tiny))
     return 0
 
 
-def _generate(args: argparse.Namespace, settings: object) -> int:
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from bot.cli_generate import generate_to_files
     from inference.errors import InferenceError
 
     try:
-        paths = generate_to_files(args, settings)  # type: ignore[arg-type]
+        paths = generate_to_files(args, settings)
     except InferenceError as error:
         print(f"imagine-bot: {error}", file=sys.stderr)
         return 2
