@@ -554,11 +554,18 @@ def report(
         and control_ok
     )
 
+    def lag_case(kind: str, threads: int) -> LagCase | None:
+        return next((c for c in lag if c.kind == kind and c.threads == threads), None)
+
     def lag_cell(kind: str, threads: int) -> str:
-        case = next((c for c in lag if c.kind == kind and c.threads == threads), None)
+        case = lag_case(kind, threads)
         if case is None:
             return "-"
         return f"{percentile(case.late_ms, 99):.1f} / {max(case.late_ms):.1f}"
+
+    def p99_cell(kind: str, threads: int) -> str:
+        case = lag_case(kind, threads)
+        return "-" if case is None else f"{percentile(case.late_ms, 99):.1f}"
 
     threads = max(c.threads or 0 for c in lag)  # torch's default
     cells = [
@@ -569,7 +576,7 @@ def report(
         f"{percentile(lag[0].late_ms, 99):.1f} / {max(lag[0].late_ms):.1f}",
         f"{lag_cell('light', threads)} ({args.light_size}² x{args.light_jobs})",
         f"{lag_cell('heavy', threads)} ({args.heavy_size}²)",
-        f"{lag_cell('light', 1)} / {lag_cell('heavy', 1)}",
+        f"{p99_cell('light', 1)} / {p99_cell('heavy', 1)}",
         f"{ratio:.3f} ({min(ratios):.3f}-{max(ratios):.3f}), pooled {pooled:.3f}",
         f"{load.jobs}/{load.users}",
         f"{throughput:.0f}",
@@ -598,7 +605,7 @@ COLUMNS = [
     "lag idle p99 / max ms",
     "lag light p99 / max ms",
     "lag heavy p99 / max ms",
-    "lag 1 torch thread light / heavy",
+    "lag p99 ms with 1 torch thread, light / heavy",
     "queue ÷ direct images/s",
     "load jobs/users",
     "jobs/s",

@@ -3,8 +3,10 @@
 Pure functions over plain values, so the policy is easy to read and to test exhaustively.
 
 Rounds: every user with waiting jobs gets one job per round, so one user with ten jobs cannot
-starve the others (a user's k-th waiting job runs in round k; a user already served in the
-current round waits for the next). Inside a round the order is free, so jobs for the model that
+starve the others. A user's k-th waiting job runs in round `turns[user] + k`, where `turns`
+counts the jobs each user has already had beyond the least-served user still waiting: a user
+served twice in one batch waits two rounds, and a user who just had a turn waits for those who
+arrive while it runs. Inside a round the order is free, so jobs for the model that
 is already loaded go first, then jobs are grouped by model, oldest group first: same fairness,
 fewer reloads.
 """
@@ -12,7 +14,7 @@ fewer reloads.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -28,7 +30,7 @@ class WaitingJob:
 
 def fair_order(
     waiting: Iterable[WaitingJob],
-    served_this_round: frozenset[int] | set[int],
+    turns: Mapping[int, int],
     loaded_model: str | None,
 ) -> list[WaitingJob]:
     by_user: dict[int, list[WaitingJob]] = defaultdict(list)
@@ -37,7 +39,7 @@ def fair_order(
     rounds: dict[int, list[WaitingJob]] = defaultdict(list)
     for user_id, jobs in by_user.items():
         jobs.sort(key=lambda job: job.sequence)
-        offset = 1 if user_id in served_this_round else 0
+        offset = turns.get(user_id, 0)
         for k, job in enumerate(jobs):
             rounds[k + offset].append(job)
 
@@ -72,3 +74,20 @@ def next_batch(order: Sequence[WaitingJob], max_images: int) -> list[WaitingJob]
         batch.append(job)
         images += job.images
     return batch
+
+
+def record_turns(
+    turns: Mapping[int, int], served: Iterable[int], waiting_users: set[int]
+) -> dict[int, int]:
+    """Turn counts after serving `served`, rebased on the least-served waiting user.
+
+    Counts never go below zero, so being away earns no credit; they are kept while the queue
+    runs dry, so a user just served still waits for those who arrive meanwhile.
+    """
+    updated = dict(turns)
+    for user_id in served:
+        updated[user_id] = updated.get(user_id, 0) + 1
+    if waiting_users:
+        least = min(updated.get(user_id, 0) for user_id in waiting_users)
+        updated = {u: n - least for u, n in updated.items() if n - least > 0}
+    return updated

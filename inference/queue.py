@@ -26,7 +26,7 @@ from inference.errors import (
     QueueFullError,
 )
 from inference.eta import SpeedModel
-from inference.fairness import WaitingJob, fair_order, next_batch
+from inference.fairness import WaitingJob, fair_order, next_batch, record_turns
 from inference.jobs import JobJournal, JobOutcome, JobRecord, JobState, Owner, StoredImage
 from inference.types import GenerationRequest, GenerationResult, ImageGenerator, Progress
 
@@ -159,7 +159,7 @@ class JobQueue:
         self._running: list[JobHandle] = []
         self._running_started = 0.0
         self._running_estimate: float | None = None
-        self._served_this_round: set[int] = set()
+        self._turns: dict[int, int] = {}  # turns had, relative to the least-served waiting user
         self._last_model: str | None = None
         self._sequence = 0
         self._order: list[WaitingJob] | None = None
@@ -281,9 +281,7 @@ class JobQueue:
 
     def _current_order(self) -> list[WaitingJob]:
         if self._order is None:
-            self._order = fair_order(
-                self._waiting.values(), self._served_this_round, self._last_model
-            )
+            self._order = fair_order(self._waiting.values(), self._turns, self._last_model)
         return self._order
 
     def position(self, job_id: int) -> int:
@@ -350,16 +348,15 @@ class JobQueue:
         batch = next_batch(order, limit) if self.settings.batching else order[:1]
         for job in batch:
             del self._waiting[job.job_id]
-            self._served_this_round.add(job.user_id)
         waiting_users = {job.user_id for job in self._waiting.values()}
-        if waiting_users <= self._served_this_round:
-            self._served_this_round.clear()  # everyone waiting has had a turn: new round
+        self._turns = record_turns(self._turns, (job.user_id for job in batch), waiting_users)
         self._order = None
         return [self._handles[job.job_id] for job in batch]
 
     async def _work(self) -> None:
         while not self._closing:
             if not self._waiting:
+                self._turns.clear()  # idle: the next rounds start even
                 self._wake.clear()
                 await self._wake.wait()
                 continue

@@ -37,6 +37,10 @@ async def test_restart_with_jobs_queued_delivers_each_exactly_once(
     since = max((m.id for m in fake.messages_in()), default=0)  # each run has its own DB
     bot = await start_bot(fake, tiny_model, tmp_path, "[limits]\nmax_steps = 1000\n")
     users = [fake.add_user(f"user{i}-{how.name}") for i in range(3)]
+    earlier = fake.invoke_slash("imagine", {"prompt": "before the restart", "steps": 2})
+    earlier_result = await earlier.wait_for_original(
+        lambda m: any(a.filename.startswith("job-") for a in m.attachments), timeout=WAIT
+    )
     handles = [
         fake.invoke_slash("imagine", {"prompt": f"job {i} --steps 120"}, user=user)
         for i, user in enumerate(users)
@@ -63,4 +67,13 @@ async def test_restart_with_jobs_queued_delivers_each_exactly_once(
     counts = delivered_jobs(fake, since)
     assert all(counts[job_id] == 1 for job_id in job_ids), counts
     assert "resumed after restart" in bot.log_text()
+
+    # 🔄 on a result from before the restart still works: found in the store by message id.
+    seen = {m.id for m in fake.messages_in()}
+    fake.add_reaction(earlier_result, "🔄", user=users[0])
+    reroll = await fake.wait_for_message(
+        lambda m: m.id not in seen and any(a.filename.startswith("job-") for a in m.attachments),
+        timeout=WAIT,
+    )
+    assert "before the restart" in reroll.embeds[0]["description"]
     await bot.stop()
