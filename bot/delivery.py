@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 REROLL = "🔄"
 DELETE = "❌"
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # unboosted guilds
+QUEUED_REFRESH_S = 10.0  # how often a waiting job's position/ETA is re-shown
 
 
 class ResultView(discord.ui.View):
@@ -95,10 +96,15 @@ class Deliverer:
         async for update in handle.updates():
             if update.done():
                 break
-            shown = (update.state, update.progress.step if update.progress else None)
+            shown = (update.state, update.position, update.progress and update.progress.step)
             now = time.monotonic()
-            if shown == last_shown or now - last_edit < self.edit_interval_s:
-                continue  # Discord allows ~5 edits per 5 s per channel: coalesce
+            # Discord allows ~5 edits per 5 s per channel: coalesce. Queue positions change
+            # for every waiting job at once, so those refresh far less often than progress.
+            interval = self.edit_interval_s
+            if update.state is JobState.QUEUED and last_shown is not None:
+                interval = max(interval, QUEUED_REFRESH_S)
+            if shown == last_shown or now - last_edit < interval:
+                continue
             last_shown, last_edit = shown, now
             target = await self._show_progress(handle, target)
         try:

@@ -350,6 +350,8 @@ class JobQueue:
             del self._waiting[job.job_id]
         waiting_users = {job.user_id for job in self._waiting.values()}
         self._turns = record_turns(self._turns, (job.user_id for job in batch), waiting_users)
+        for job in self._waiting.values():
+            self._handles[job.job_id]._touch()  # everyone moved up: positions and ETAs changed
         self._order = None
         return [self._handles[job.job_id] for job in batch]
 

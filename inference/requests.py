@@ -137,7 +137,8 @@ def resolve_request(
             f"allowed (e.g. {math.isqrt(limits.max_pixels) // 8 * 8} square)",
         )
 
-    steps = model.default_steps if options.steps is None else options.steps
+    # The model's default must not exceed the operator's cap, or a plain request would fail.
+    steps = min(model.default_steps, limits.max_steps) if options.steps is None else options.steps
     if not 1 <= steps <= limits.max_steps:
         raise InvalidRequestError("steps", f"{steps} is outside 1–{limits.max_steps}")
     guidance = model.default_guidance if options.guidance is None else options.guidance

@@ -19,16 +19,17 @@ from inference.samplers import sampler_names
 if TYPE_CHECKING:
     from bot.client import ImagineBot
 
-_OPTION_FIELDS = (
-    "negative_prompt",
-    "aspect_ratio",
-    "steps",
-    "guidance",
-    "seed",
-    "sampler",
-    "model",
-    "count",
-)
+# RequestOptions field -> (slash option, inline flag), for errors in the words users typed.
+_NAMES_USERS_TYPE = {
+    "negative_prompt": ("negative", "--no"),
+    "aspect_ratio": ("aspect", "--ar"),
+    "steps": ("steps", "--steps"),
+    "guidance": ("guidance", "--cfg"),
+    "seed": ("seed", "--seed"),
+    "sampler": ("sampler", "--sampler"),
+    "model": ("model", "--model"),
+    "count": ("count", "--n"),
+}
 
 
 class ImagineCog(commands.Cog):
@@ -77,9 +78,12 @@ class ImagineCog(commands.Cog):
         }
         try:
             text, inline = parse_inline_flags(prompt)
-            for field, _value in inline.items():
+            for field in inline:
                 if given.get(field) is not None:
-                    raise InvalidRequestError(field, "given both as an option and inline")
+                    option, flag = _NAMES_USERS_TYPE[field]
+                    raise InvalidRequestError(
+                        option, f"given both as the `{option}` option and as `{flag}`; keep one"
+                    )
             merged = {k: v for k, v in given.items() if v is not None} | inline
             options = RequestOptions(prompt=text, **merged)
             request = await self.bot.services.submitter.prepare(options, actor_of(interaction))

@@ -86,5 +86,10 @@ class BotProcess:
             self.process.send_signal(sig)
         return await asyncio.wait_for(self.process.wait(), timeout)
 
+    async def kill(self) -> None:
+        if self.alive:
+            self.process.kill()  # type: ignore[union-attr]
+            await self.process.wait()  # type: ignore[union-attr]
+
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -26,7 +26,11 @@ async def start_bot(
 ) -> BotProcess:
     bot = BotProcess(write_config(directory, fake, tiny, extra), fake.token, directory / "bot.log")
     await bot.start()
-    await wait_until_ready(fake, bot)
+    try:
+        await wait_until_ready(fake, bot)
+    except BaseException:
+        await bot.kill()  # never leave a bot process behind a failed test
+        raise
     return bot
 
 
@@ -53,7 +57,10 @@ async def bot(
         "[rate_limits]\nimages_per_window = 6\nwindow_minutes = 10.0\n"
         "[queue]\nmax_queued_per_user = 4\n[limits]\nmax_steps = 1000\n",
     )
-    yield process
-    if process.alive:
-        code = await process.stop()
-        assert code == 0, process.log_text()[-3000:]
+    try:
+        yield process
+        if process.alive:
+            code = await process.stop()
+            assert code == 0, process.log_text()[-3000:]
+    finally:
+        await process.kill()

@@ -85,6 +85,10 @@ async def test_inline_flags_and_bad_options(fake: FakeDiscord, bot: BotProcess) 
     assert "--size" in reply and "unknown flag" in reply
     reply = await ephemeral_reply(fake, "imagine", {"prompt": "a fox --w 500"}, user=user)
     assert "width" in reply and "multiple of 8" in reply
+    reply = await ephemeral_reply(
+        fake, "imagine", {"prompt": "a fox --no trees", "negative": "cars"}, user=user
+    )
+    assert "`negative` option and as `--no`" in reply
     reply = await ephemeral_reply(fake, "imagine", {"prompt": "word " * 90}, user=user)
     assert "tokens" in reply
 

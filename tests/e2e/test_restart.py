@@ -36,44 +36,49 @@ async def test_restart_with_jobs_queued_delivers_each_exactly_once(
 ) -> None:
     since = max((m.id for m in fake.messages_in()), default=0)  # each run has its own DB
     bot = await start_bot(fake, tiny_model, tmp_path, "[limits]\nmax_steps = 1000\n")
-    users = [fake.add_user(f"user{i}-{how.name}") for i in range(3)]
-    earlier = fake.invoke_slash("imagine", {"prompt": "before the restart", "steps": 2})
-    earlier_result = await earlier.wait_for_original(
-        lambda m: any(a.filename.startswith("job-") for a in m.attachments), timeout=WAIT
-    )
-    handles = [
-        fake.invoke_slash("imagine", {"prompt": f"job {i} --steps 120"}, user=user)
-        for i, user in enumerate(users)
-    ]
-    for handle in handles:
-        await handle.wait_for_response(timeout=WAIT)
-    # Stop while the first job is mid-way (progress shown) and the others wait.
-    await handles[0].wait_for_original(lambda m: "%" in (m.content or ""), timeout=WAIT)
-    before = set(delivered_jobs(fake, since))
-    code = await bot.stop(how)
-    if how == signal.SIGTERM:
-        assert code == 0, bot.log_text()[-3000:]
-        assert "stopped cleanly" in bot.log_text()
-    assert delivered_jobs(fake, since).keys() == before  # nothing finished yet
-
-    await bot.start()
-    await wait_until_ready(fake, bot)
-    job_ids = []
-    for handle in handles:
-        final = await handle.wait_for_original(
+    try:
+        users = [fake.add_user(f"user{i}-{how.name}") for i in range(3)]
+        earlier = fake.invoke_slash("imagine", {"prompt": "before the restart", "steps": 2})
+        earlier_result = await earlier.wait_for_original(
             lambda m: any(a.filename.startswith("job-") for a in m.attachments), timeout=WAIT
         )
-        job_ids.append(int(final.attachments[0].filename.split("-")[1]))
-    counts = delivered_jobs(fake, since)
-    assert all(counts[job_id] == 1 for job_id in job_ids), counts
-    assert "resumed after restart" in bot.log_text()
+        handles = [
+            fake.invoke_slash("imagine", {"prompt": f"job {i} --steps 120"}, user=user)
+            for i, user in enumerate(users)
+        ]
+        for handle in handles:
+            await handle.wait_for_response(timeout=WAIT)
+        # Stop while the first job is mid-way (progress shown) and the others wait.
+        await handles[0].wait_for_original(lambda m: "%" in (m.content or ""), timeout=WAIT)
+        before = set(delivered_jobs(fake, since))
+        code = await bot.stop(how)
+        if how == signal.SIGTERM:
+            assert code == 0, bot.log_text()[-3000:]
+            assert "stopped cleanly" in bot.log_text()
+        assert delivered_jobs(fake, since).keys() == before  # nothing finished yet
 
-    # 🔄 on a result from before the restart still works: found in the store by message id.
-    seen = {m.id for m in fake.messages_in()}
-    fake.add_reaction(earlier_result, "🔄", user=users[0])
-    reroll = await fake.wait_for_message(
-        lambda m: m.id not in seen and any(a.filename.startswith("job-") for a in m.attachments),
-        timeout=WAIT,
-    )
-    assert "before the restart" in reroll.embeds[0]["description"]
-    await bot.stop()
+        await bot.start()
+        await wait_until_ready(fake, bot)
+        job_ids = []
+        for handle in handles:
+            final = await handle.wait_for_original(
+                lambda m: any(a.filename.startswith("job-") for a in m.attachments), timeout=WAIT
+            )
+            job_ids.append(int(final.attachments[0].filename.split("-")[1]))
+        counts = delivered_jobs(fake, since)
+        assert all(counts[job_id] == 1 for job_id in job_ids), counts
+        assert "resumed after restart" in bot.log_text()
+
+        # 🔄 on a result from before the restart still works: found in the store by message id.
+        seen = {m.id for m in fake.messages_in()}
+        fake.add_reaction(earlier_result, "🔄", user=users[0])
+        reroll = await fake.wait_for_message(
+            lambda m: (
+                m.id not in seen and any(a.filename.startswith("job-") for a in m.attachments)
+            ),
+            timeout=WAIT,
+        )
+        assert "before the restart" in reroll.embeds[0]["description"]
+        await bot.stop()
+    finally:
+        await bot.kill()

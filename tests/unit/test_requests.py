@@ -90,3 +90,8 @@ def test_sampler_names_match_loosely() -> None:
         "LCM",
     ):
         assert required in sampler_names()
+
+
+def test_default_steps_respect_the_operator_cap() -> None:
+    request = resolve_request(RequestOptions("x"), SD15, RequestLimits(max_steps=20))
+    assert request.steps == 20
