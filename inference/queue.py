@@ -32,6 +32,8 @@ from inference.types import GenerationRequest, GenerationResult, ImageGenerator,
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL_S = 0.1  # progress events handed to the event loop at most this often
+
 
 class JobNotFoundError(InferenceError):
     pass
@@ -393,8 +395,16 @@ class JobQueue:
         ids = [h.job_id for h in batch]
         logger.info("jobs %s: generating (%d images)", ids, sum(r.count for r in requests))
 
+        last_sent = [float("-inf")] * len(batch)
+
         def on_progress(index: int, progress: Progress) -> None:  # worker thread
-            loop.call_soon_threadsafe(batch[index]._set_progress, progress)
+            # Each hop wakes the event loop, which then competes with the GPU thread for the
+            # GIL and (on CPU) the cores; nobody shows progress more often than this anyway.
+            now = time.monotonic()
+            last = progress.step == progress.total or progress.preview is not None
+            if last or now - last_sent[index] >= PROGRESS_INTERVAL_S:
+                last_sent[index] = now
+                loop.call_soon_threadsafe(batch[index]._set_progress, progress)
 
         def is_cancelled(index: int) -> bool:  # worker thread
             return batch[index].cancel_requested or self._closing
