@@ -62,7 +62,8 @@ def random_full_size_model(arch: str, directory: Path) -> ModelSpec:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from inference.models import clip_tokenizer, shipped_config_dir
+    from inference.models import shipped_config_dir
+    from inference.tokens import clip_tokenizer
 
     family = {"sd15": "sd1", "sdxl": "sdxl"}[arch]
     configs = shipped_config_dir(family)

@@ -9,10 +9,7 @@ loading never touches the network.
 
 from __future__ import annotations
 
-import functools
-import gzip
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -28,10 +25,8 @@ import torch
 from inference.checkpoints import (
     CONFIGS_DIR,
     FAMILY_NAMES,
-    LDM_PREFIXES,
     PICKLE_SUFFIXES,
     CheckpointHeader,
-    KeyNamer,
     check_components,
     check_shapes,
     detect_family,
@@ -43,6 +38,8 @@ from inference.checkpoints import (
     variant_from_text,
 )
 from inference.errors import CheckpointError, HubUnavailableError, InferenceError, ModelError
+from inference.ldm_keys import LDM_PREFIXES, KeyNamer
+from inference.tokens import tokenizer_for
 from inference.types import (
     ModelFamily,
     ModelInfo,
@@ -54,14 +51,11 @@ from inference.types import (
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from transformers import CLIPTokenizer
 
     Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 
 logger = logging.getLogger(__name__)
 
-CLIP_MERGES = CONFIGS_DIR / "clip_merges.txt.gz"
-CLIP_MAX_LENGTH = 77  # CLIP's position table; a tokenizer built by hand must be told
 
 _SD_PIPELINES = frozenset({"StableDiffusionPipeline", "LatentConsistencyModelPipeline"})
 _SDXL_PIPELINES = frozenset({"StableDiffusionXLPipeline"})
@@ -87,90 +81,6 @@ def generation_defaults(family: ModelFamily, variant: ModelVariant) -> tuple[int
 
 def shipped_config_dir(family: ModelFamily) -> Path:
     return CONFIGS_DIR / family
-
-
-# --- tokenizers ----------------------------------------------------------------------------
-
-
-@functools.cache
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    # CLIP's vocabulary is derived from its merges: the 256 byte symbols, the same with the
-    # end-of-word mark, one token per merge, then the two special tokens (49408 in all).
-    with gzip.open(CLIP_MERGES, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    merges = [(a, b) for a, b in (line.split() for line in lines[1:] if line.strip())]
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level BPE: printable bytes map to themselves, the rest to code points
-    # from 256 up, so every byte has a visible, non-whitespace symbol.
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
-
-
-def clip_tokenizer(
-    pad_token: str = "<|endoftext|>", model_max_length: int = CLIP_MAX_LENGTH
-) -> CLIPTokenizer:
-    """The real CLIP BPE tokenizer, built offline from the shipped merges.
-
-    SD 1.x and SDXL's first tokenizer pad with "<|endoftext|>"; SD 2.x and SDXL's second
-    (OpenCLIP) tokenizer pad with "!".
-    """
-    from transformers import CLIPTokenizer
-
-    options = {"pad_token": pad_token, "model_max_length": model_max_length}
-    if "vocab" not in inspect.signature(CLIPTokenizer.__init__).parameters:
-        # transformers 4.x tokenizers only read files: write them once, load from there.
-        return CLIPTokenizer.from_pretrained(write_clip_vocab(_tokenizer_cache()), **options)
-    vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), **options)
-
-
-def write_clip_vocab(directory: Path) -> Path:
-    """Materialise vocab.json and merges.txt (the usual tokenizer files) in `directory`."""
-    vocab, merges = _clip_vocab_and_merges()
-    directory.mkdir(parents=True, exist_ok=True)
-    if not (directory / "merges.txt").is_file():
-        (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
-        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-        # merges.txt last: its presence marks a complete pair
-        (directory / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
-    return directory
-
-
-def _tokenizer_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imagine-bot" / "tokenizer"
-
-
-def _tokenizer_for(config_dir: Path, sub: str) -> CLIPTokenizer:
-    from transformers import CLIPTokenizer
-
-    folder = config_dir / sub
-    if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
-        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-        if not tokenizer.model_max_length or tokenizer.model_max_length > CLIP_MAX_LENGTH:
-            tokenizer.model_max_length = CLIP_MAX_LENGTH
-        return tokenizer
-    cfg: dict[str, Any] = {}
-    if (folder / "tokenizer_config.json").is_file():
-        cfg = load_config_json(config_dir, sub, "tokenizer_config.json")
-    pad = cfg.get("pad_token", "<|endoftext|>")
-    if isinstance(pad, dict):  # serialised AddedToken
-        pad = pad.get("content", "<|endoftext|>")
-    length = int(cfg.get("model_max_length") or CLIP_MAX_LENGTH)
-    return clip_tokenizer(pad_token=str(pad), model_max_length=min(length, CLIP_MAX_LENGTH))
 
 
 # --- resolving a spec ----------------------------------------------------------------------
@@ -561,10 +471,10 @@ def _load_single_file(plan: _Plan, torch_dtype: torch.dtype) -> Pipeline:
     # Components passed in are not looked up: tokenizers and scheduler come from local files.
     components: dict[str, Any] = {
         "scheduler": scheduler_cls.from_config(scheduler_cfg, **overrides),
-        "tokenizer": _tokenizer_for(config_dir, "tokenizer"),
+        "tokenizer": tokenizer_for(config_dir, "tokenizer"),
     }
     if sdxl:
-        components["tokenizer_2"] = _tokenizer_for(config_dir, "tokenizer_2")
+        components["tokenizer_2"] = tokenizer_for(config_dir, "tokenizer_2")
     # config= a local folder and local_files_only: diffusers would otherwise fetch configs.
     pipe = _pipeline_type(plan.pipeline_class).from_single_file(
         str(plan.location),

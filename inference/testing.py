@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from inference.checkpoints import LDM_PREFIXES, KeyNamer
-from inference.models import clip_tokenizer, family_from_configs
+from inference.ldm_keys import LDM_PREFIXES, KeyNamer
+from inference.models import family_from_configs
+from inference.tokens import clip_tokenizer
 from inference.types import ModelFamily
 
 if TYPE_CHECKING:

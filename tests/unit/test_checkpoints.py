@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from inference.checkpoints import CONFIGS_DIR, KeyNamer, variant_from_text
+from inference.checkpoints import CONFIGS_DIR, variant_from_text
 from inference.errors import CheckpointError, HubUnavailableError, UnsafeCheckpointError
-from inference.models import classify_source, clip_tokenizer, inspect_model
+from inference.ldm_keys import KeyNamer
+from inference.models import classify_source, inspect_model
 from inference.testing import write_fake_checkpoint
+from inference.tokens import clip_tokenizer
 from inference.types import ModelSpec
 
 U = "model.diffusion_model."
@@ -466,7 +468,7 @@ def test_key_names_match_real_checkpoints() -> None:
 def test_materialised_vocab_files_give_the_same_tokenizer(tmp_path: Path) -> None:
     from transformers import CLIPTokenizer
 
-    from inference.models import write_clip_vocab
+    from inference.tokens import write_clip_vocab
 
     folder = write_clip_vocab(tmp_path / "tok")
     from_files = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
