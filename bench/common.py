@@ -55,7 +55,10 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "uncommitted"
     try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # The results file itself changes with every run: it does not make the code dirty.
+        dirty = bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/RESULTS.md")
+        )
     except (OSError, subprocess.CalledProcessError):
         dirty = False
     return f"{short}+dirty" if dirty else short
