@@ -44,7 +44,7 @@ from bench.common import append_row, commit, device, percentile, print_table, to
 from inference.generator import DiffusersGenerator
 from inference.images import parameters_text
 from inference.types import GenerationRequest
-from tests.e2e.botprocess import BotProcess
+from tests.e2e.botprocess import start_bot
 from tests.e2e.fakediscord import Attachment, CallbackType, FakeDiscord, MessageRecord, User
 
 SECTION = "## Bot"
@@ -55,51 +55,16 @@ GOAL_RATIO, GOAL_EXTRA_MS, GOAL_P99_MS = 1.05, 50.0, 1000.0
 JOB_IN_FOOTER = re.compile(r"\bjob (\d+)\b")
 
 
-def write_config(directory: Path, fake: FakeDiscord, model_file: Path, model_config: Path) -> Path:
-    """The operator's file: only what must differ from config/default.toml.
-
-    Progress edits (every 1.5 s) and live previews (at most one a second) keep their
-    defaults. The queue and rate limits are raised so that (b) can queue 100 jobs.
-    """
-    config = directory / "bot.toml"
-    config.write_text(
-        f"""
-[discord]
-api_base = "{fake.rest_base}"
-gateway_url = "{fake.gateway_url}"
-
-[storage]
-data_dir = "{directory / "data"}"
-
-[[models]]
-name = "tiny"
-source = "{model_file}"
-config = "{model_config}"
-
+# Only what (b) needs: room to queue 100 jobs. Progress edits (every 1.5 s) and live
+# previews (at most one a second) keep the defaults of config/default.toml.
+BENCH_CONFIG = """
 [queue]
 max_queued = 1000
 max_queued_per_user = 100
 
 [rate_limits]
 images_per_window = 100000
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
-async def start_bot(fake: FakeDiscord, config: Path, directory: Path) -> BotProcess:
-    bot = BotProcess(config, fake.token, directory / "bot.log")
-    await bot.start()
-
-    def ready(f: FakeDiscord) -> bool:
-        if not bot.alive:
-            raise RuntimeError("the bot exited during start-up:\n" + bot.log_text()[-3000:])
-        synced = any(c.name == "imagine" for c in f.commands())
-        return synced and any(c.identified for c in f.connections)
-
-    await fake.wait_for(ready, timeout=BOT_START_TIMEOUT)
-    return bot
+"""
 
 
 def image_attachments(message: MessageRecord) -> list[Attachment]:
@@ -268,12 +233,12 @@ async def run(args: argparse.Namespace, scratch: Path) -> Results:
     try:
         tiny = await loop.run_in_executor(torch_thread, save_tiny_model, scratch / "model", "sd1")
         async with FakeDiscord() as fake:
-            config = write_config(scratch, fake, tiny.single_file, tiny.folder)
-            settings = load_settings(config)  # the bot's own reading: same device, dtype, limits
+            bot = await start_bot(fake, tiny, scratch, BENCH_CONFIG, timeout=BOT_START_TIMEOUT)
+            # The bot's own reading of its config: same device, dtype, limits.
+            settings = load_settings(bot.config)
             generator = DiffusersGenerator(settings.model_specs(), settings.runtime)
             options = RequestOptions(prompt=PROMPT, steps=args.steps, seed=1000)
             request = resolve_request(options, generator.model_info("tiny"), settings.limits)
-            bot = await start_bot(fake, config, scratch)
             try:
                 overhead = await measure_overhead(
                     fake, generator, request, args.repeats, torch_thread

@@ -11,13 +11,10 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.client import is_moderator
-from bot.errors import NotAllowed, UserFacingError, user_message
-from bot.limits import LimitError
+from bot.errors import EXPECTED_ERRORS, NotAllowed, user_message
 from bot.render import queued_text
 from bot.store import DeliveryTarget
 from bot.submission import Actor
-from inference.errors import InferenceError
 from inference.jobs import JobRecord
 from inference.types import GenerationRequest
 
@@ -27,7 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INTERACTION_TOKEN_LIFETIME_S = 15 * 60
-EXPECTED_ERRORS = (UserFacingError, InferenceError, LimitError)
 
 
 def actor_of(interaction: discord.Interaction) -> Actor:
@@ -38,6 +34,14 @@ def actor_of(interaction: discord.Interaction) -> Actor:
         channel_id=interaction.channel_id or 0,
         role_ids=frozenset(role.id for role in roles),
     )
+
+
+def is_moderator(member: discord.abc.User | None, moderator_role_ids: frozenset[int]) -> bool:
+    if not isinstance(member, discord.Member):
+        return False
+    if member.guild_permissions.manage_messages:
+        return True
+    return any(role.id in moderator_role_ids for role in member.roles)
 
 
 class Actions:

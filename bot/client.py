@@ -10,6 +10,12 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.actions import Actions
+from bot.cogs.admin import AdminCog
+from bot.cogs.history import HistoryCog
+from bot.cogs.imagine import ImagineCog
+from bot.cogs.reactions import ReactionsCog
+from bot.delivery import Deliverer, ResultView
 from bot.errors import user_message
 from bot.limits import RateLimiter
 from bot.settings import Settings
@@ -36,14 +42,6 @@ def point_discord_at(api_base: str, gateway_url: str) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-def is_moderator(member: discord.abc.User | None, moderator_role_ids: frozenset[int]) -> bool:
-    if not isinstance(member, discord.Member):
-        return False
-    if member.guild_permissions.manage_messages:
-        return True
-    return any(role.id in moderator_role_ids for role in member.roles)
-
-
 class ImagineBot(commands.Bot):
     def __init__(self, services: Services, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.none()
@@ -56,21 +54,12 @@ class ImagineBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
         )
         self.services = services
-        from bot.actions import Actions
-        from bot.delivery import Deliverer
-
         self.delivery = Deliverer(
             self, services.store, services.queue, services.settings.progress.edit_interval_s
         )
         self.actions = Actions(self)
 
     async def setup_hook(self) -> None:
-        from bot.cogs.admin import AdminCog
-        from bot.cogs.history import HistoryCog
-        from bot.cogs.imagine import ImagineCog
-        from bot.cogs.reactions import ReactionsCog
-        from bot.delivery import ResultView
-
         for cog in (ImagineCog(self), ReactionsCog(self), HistoryCog(self), AdminCog(self)):
             await self.add_cog(cog)
         self.add_view(ResultView(self))  # persistent buttons survive restarts

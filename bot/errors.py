@@ -31,11 +31,15 @@ class NotFound(UserFacingError):
     pass
 
 
+# What users caused or may fix themselves: shown as-is, never logged as a failure.
+EXPECTED_ERRORS = (UserFacingError, InferenceError, LimitError)
+
+
 def user_message(error: BaseException, job_id: int | None = None) -> str:
     """The text shown for `error`; never a traceback, never internal details."""
     if isinstance(error, RateLimited):
         return f"⏳ {error.reason}"
-    if isinstance(error, UserFacingError | InferenceError | LimitError):
+    if isinstance(error, EXPECTED_ERRORS):
         return f"⚠️ {error}"
     if job_id is not None:
         return f"❌ Generation failed (job {job_id}). The operator can find the details in the log."

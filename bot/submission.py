@@ -86,7 +86,7 @@ class Submitter:
 
     async def submit(self, request: GenerationRequest, actor: Actor) -> JobHandle:
         """Count the images against the limits, then queue; refund if the queue refuses."""
-        queued_now = len(self.queue.jobs_of(actor.user_id))
+        queued_now = self.queue.count_of(actor.user_id)
         event = await self.limiter.check_and_record(
             actor.user_id, actor.guild_id, actor.role_ids, request.count, queued_now
         )

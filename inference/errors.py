@@ -49,5 +49,13 @@ class QueueFullError(InferenceError):
     pass
 
 
+class JobNotFoundError(InferenceError):
+    pass
+
+
+class NotYourJobError(InferenceError):
+    """Only the requester or a moderator may cancel a job."""
+
+
 class GenerationFailedError(InferenceError):
     """The generation itself failed (out of memory after the retry, a backend error)."""

@@ -60,7 +60,9 @@ class _StepWatcher:
         preview_interval_s: float | None,
     ) -> None:
         self.owners = owners  # request index of each image in the whole batch
-        self.current = owners  # the same for the pipeline call now running (OOM retry splits)
+        self.requests = sorted(set(owners))
+        self.first_image: dict[int, int] = {}  # request -> its first image in the current call
+        self.begin_call(owners)
         self.family = family
         self.on_progress = on_progress
         self.is_cancelled = is_cancelled
@@ -69,16 +71,21 @@ class _StepWatcher:
         self.cancelled: set[int] = set()
         self.preview_seconds = 0.0
 
+    def begin_call(self, owners_in_call: list[int]) -> None:
+        """A pipeline call starts over these images (all of them, or one in an OOM retry)."""
+        self.first_image = {}
+        for position, request in enumerate(owners_in_call):
+            self.first_image.setdefault(request, position)
+
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
-        requests = sorted(set(self.owners))
         if self.is_cancelled is not None:
-            self.cancelled.update(i for i in requests if self.is_cancelled(i))
-            if len(self.cancelled) == len(requests):
+            self.cancelled.update(i for i in self.requests if self.is_cancelled(i))
+            if len(self.cancelled) == len(self.requests):
                 raise GenerationCancelled()  # the documented way to stop a pipeline mid-run
         total = len(pipe.scheduler.timesteps)
         previews = self._previews(kwargs.get("latents"), step + 1, total)
         if self.on_progress is not None:
-            for i in sorted(set(self.current)):
+            for i in self.first_image:
                 if i not in self.cancelled:
                     self.on_progress(i, Progress(step + 1, total, previews.get(i)))
         return kwargs
@@ -91,10 +98,9 @@ class _StepWatcher:
             return {}
         self.last_preview = now
         previews = {}
-        for i in sorted(set(self.current)):
+        for i, first in self.first_image.items():
             if i not in self.cancelled:
-                first_image = self.current.index(i)
-                previews[i] = encode_preview(latents_to_rgb(latents[first_image], self.family))
+                previews[i] = encode_preview(latents_to_rgb(latents[first], self.family))
         self.preview_seconds += time.monotonic() - now
         return previews
 
@@ -235,7 +241,7 @@ class DiffusersGenerator:
             )
             # CPU generators: the same seed gives the same noise on every device.
             generators = [torch.Generator("cpu").manual_seed(seeds[i]) for i in chunk]
-            watcher.current = [watcher.owners[i] for i in chunk]
+            watcher.begin_call([watcher.owners[i] for i in chunk])
             with torch.inference_mode():
                 output = pipe(
                     prompt=[prompts[i] for i in chunk],

@@ -23,6 +23,8 @@ from inference.errors import (
     GenerationCancelled,
     GenerationFailedError,
     InferenceError,
+    JobNotFoundError,
+    NotYourJobError,
     QueueFullError,
 )
 from inference.eta import SpeedModel
@@ -33,14 +35,6 @@ from inference.types import GenerationRequest, GenerationResult, ImageGenerator,
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.1  # progress events handed to the event loop at most this often
-
-
-class JobNotFoundError(InferenceError):
-    pass
-
-
-class NotYourJobError(InferenceError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -165,6 +159,7 @@ class JobQueue:
         self._last_model: str | None = None
         self._sequence = 0
         self._order: list[WaitingJob] | None = None
+        self._places: dict[int, int] = {}  # job id -> 1-based place in _order
         self._wake = asyncio.Event()
         self._submit_lock = asyncio.Lock()
         self._closing = False
@@ -231,7 +226,7 @@ class JobQueue:
                 raise QueueFullError(
                     f"the queue is full ({len(self._waiting)} jobs); try again in a few minutes"
                 )
-            mine = len(self.jobs_of(owner.user_id))
+            mine = self.count_of(owner.user_id)
             if mine >= self.settings.max_queued_per_user:
                 raise QueueFullError(
                     f"you already have {mine} jobs waiting (at most "
@@ -265,6 +260,10 @@ class JobQueue:
     def handle(self, job_id: int) -> JobHandle | None:
         return self._handles.get(job_id)
 
+    def count_of(self, user_id: int) -> int:
+        """The user's unfinished jobs (queued and running): what the per-user caps count."""
+        return sum(1 for h in self._handles.values() if h.owner.user_id == user_id and not h.done())
+
     def jobs_of(self, user_id: int) -> list[JobHandle]:
         """The user's unfinished jobs, running first, then in the order they will run."""
         return sorted(
@@ -282,8 +281,10 @@ class JobQueue:
     # --- positions and ETAs ----------------------------------------------------------------
 
     def _current_order(self) -> list[WaitingJob]:
+        """The fair order of waiting jobs, cached (with each job's place) until it changes."""
         if self._order is None:
             self._order = fair_order(self._waiting.values(), self._turns, self._last_model)
+            self._places = {job.job_id: place for place, job in enumerate(self._order, 1)}
         return self._order
 
     def position(self, job_id: int) -> int:
@@ -292,11 +293,8 @@ class JobQueue:
             return -1
         if handle in self._running:
             return 0
-        order = self._current_order()
-        for index, job in enumerate(order):
-            if job.job_id == job_id:
-                return index + 1
-        return -1
+        self._current_order()
+        return self._places.get(job_id, -1)
 
     def eta(self, job_id: int) -> float | None:
         """Remaining time of the running batch plus every job ahead, plus this one."""
@@ -430,7 +428,8 @@ class JobQueue:
             results = [None] * len(batch)
         except InferenceError as error:
             logger.warning("jobs %s: failed: %s", ids, error)
-            await self._fail_all(batch, error)
+            for handle in batch:
+                await self._fail(handle, error)
             return
         except Exception:
             logger.exception("jobs %s: generation failed", ids)
@@ -463,10 +462,6 @@ class JobQueue:
         else:  # interrupted by shutdown: it runs again after the restart
             await self.journal.requeue(handle.job_id)
             logger.info("job %d: put back in the queue for the next start", handle.job_id)
-
-    async def _fail_all(self, batch: list[JobHandle], error: InferenceError) -> None:
-        for handle in batch:
-            await self._fail(handle, error)
 
     async def _fail(self, handle: JobHandle, error: InferenceError) -> None:
         await self.journal.mark_failed(handle.job_id, str(error))

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import render
-from bot.errors import NotAllowed, NotFound
+from bot.errors import NotFound
 from inference.jobs import JobState
 
 if TYPE_CHECKING:
@@ -96,12 +96,8 @@ class HistoryCog(commands.Cog):
             if not mine:
                 raise NotFound("you have no queued or running job.")
             job = max(h.job_id for h in mine)
-        handle = queue.handle(job)
-        if handle is None:
-            raise NotFound(f"job {job} is not queued or running.")
+        # The queue owns the rules (unknown job, someone else's job): its errors are the reply.
         moderator = self.bot.actions.is_moderator(interaction.user)
-        if handle.owner.user_id != interaction.user.id and not moderator:
-            raise NotAllowed(f"job {job} is not yours; only moderators can cancel it.")
         state = await queue.cancel(job, user_id=interaction.user.id, is_moderator=moderator)
         text = (
             f"🚫 Job {job} cancelled."

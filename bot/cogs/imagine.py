@@ -9,10 +9,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import actor_of
-from bot.errors import UserFacingError, user_message
+from bot.errors import EXPECTED_ERRORS, user_message
 from bot.flags import parse_inline_flags
-from bot.limits import LimitError
-from inference.errors import InferenceError, InvalidRequestError
+from inference.errors import InvalidRequestError
 from inference.requests import ASPECT_CHOICES, RequestOptions
 from inference.samplers import sampler_names
 
@@ -87,7 +86,7 @@ class ImagineCog(commands.Cog):
             merged = {k: v for k, v in given.items() if v is not None} | inline
             options = RequestOptions(prompt=text, **merged)
             request = await self.bot.services.submitter.prepare(options, actor_of(interaction))
-        except (InferenceError, LimitError, UserFacingError) as error:
+        except EXPECTED_ERRORS as error:
             # Bad input is answered before deferring: instantly, and only to the user.
             await interaction.response.send_message(user_message(error), ephemeral=True)
             return

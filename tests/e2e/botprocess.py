@@ -13,9 +13,11 @@ from inference.testing import TinyModel
 from tests.e2e.fakediscord import FakeDiscord
 
 ROOT = Path(__file__).resolve().parents[2]
+BOT_START_TIMEOUT = 90  # importing torch + diffusers on a busy 2-core CI machine
 
 
 def write_config(directory: Path, fake: FakeDiscord, tiny: TinyModel, extra: str = "") -> Path:
+    """The operator's file: only what must differ from config/default.toml, plus `extra`."""
     config = directory / "bot.toml"
     config.write_text(
         f"""
@@ -27,16 +29,10 @@ moderator_role_ids = [{fake.moderator_role.id}]
 [storage]
 data_dir = "{directory / "data"}"
 
-[inference]
-preview_interval_s = 0.0
-
 [[models]]
 name = "tiny"
 source = "{tiny.single_file}"
 config = "{tiny.folder}"
-
-[progress]
-edit_interval_s = 0.2
 
 {extra}
 """
@@ -93,3 +89,37 @@ class BotProcess:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+
+async def start_bot(
+    fake: FakeDiscord,
+    tiny: TinyModel,
+    directory: Path,
+    extra: str = "",
+    timeout: float = BOT_START_TIMEOUT,  # noqa: ASYNC109
+) -> BotProcess:
+    """Start `imagine-bot run` against `fake` and wait until it is connected and synced."""
+    bot = BotProcess(write_config(directory, fake, tiny, extra), fake.token, directory / "bot.log")
+    await bot.start()
+    try:
+        await wait_until_ready(fake, bot, timeout)
+    except BaseException:
+        await bot.kill()  # never leave a bot process behind a failed start
+        raise
+    return bot
+
+
+async def wait_until_ready(
+    fake: FakeDiscord,
+    bot: BotProcess,
+    timeout: float = BOT_START_TIMEOUT,  # noqa: ASYNC109
+) -> None:
+    identified_before = sum(1 for c in fake.connections if c.identified)
+
+    def ready(f: FakeDiscord) -> bool:
+        if not bot.alive:
+            raise AssertionError("the bot exited during start-up:\n" + bot.log_text()[-3000:])
+        synced = any(c.name == "imagine" for c in f.commands())
+        return synced and sum(1 for c in f.connections if c.identified) > identified_before
+
+    await fake.wait_for(ready, timeout=timeout)

@@ -9,10 +9,9 @@ import pytest
 import pytest_asyncio
 
 from inference.testing import TinyModel
-from tests.e2e.botprocess import BotProcess, write_config
+from tests.e2e import botprocess
+from tests.e2e.botprocess import BotProcess
 from tests.e2e.fakediscord import FakeDiscord
-
-BOT_START_TIMEOUT = 90  # importing torch + diffusers on a busy 2-core CI machine
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -21,29 +20,20 @@ async def fake() -> AsyncIterator[FakeDiscord]:
         yield server
 
 
+# Faster than an operator would run it, so the tests see progress on a 64-px model.
+TEST_SPEED = """
+[inference]
+preview_interval_s = 0.0
+
+[progress]
+edit_interval_s = 0.2
+"""
+
+
 async def start_bot(
     fake: FakeDiscord, tiny: TinyModel, directory: Path, extra: str = ""
 ) -> BotProcess:
-    bot = BotProcess(write_config(directory, fake, tiny, extra), fake.token, directory / "bot.log")
-    await bot.start()
-    try:
-        await wait_until_ready(fake, bot)
-    except BaseException:
-        await bot.kill()  # never leave a bot process behind a failed test
-        raise
-    return bot
-
-
-async def wait_until_ready(fake: FakeDiscord, bot: BotProcess) -> None:
-    identified_before = sum(1 for c in fake.connections if c.identified)
-
-    def ready(f: FakeDiscord) -> bool:
-        if not bot.alive:
-            raise AssertionError("the bot exited during start-up:\n" + bot.log_text()[-3000:])
-        synced = any(c.name == "imagine" for c in f.commands())
-        return synced and sum(1 for c in f.connections if c.identified) > identified_before
-
-    await fake.wait_for(ready, timeout=BOT_START_TIMEOUT)
+    return await botprocess.start_bot(fake, tiny, directory, TEST_SPEED + extra)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -54,7 +44,7 @@ async def bot(
         fake,
         tiny_model,
         tmp_path_factory.mktemp("bot"),
-        "[rate_limits]\nimages_per_window = 6\nwindow_minutes = 10.0\n"
+        "\n[rate_limits]\nimages_per_window = 6\nwindow_minutes = 10.0\n"
         "[queue]\nmax_queued_per_user = 4\n[limits]\nmax_steps = 1000\n",
     )
     try:

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from inference.testing import TinyModel
-from tests.e2e.conftest import start_bot, wait_until_ready
+from tests.e2e.botprocess import wait_until_ready
+from tests.e2e.conftest import start_bot
 from tests.e2e.fakediscord import FakeDiscord
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]

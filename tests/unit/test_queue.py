@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from inference.errors import GenerationCancelled, GenerationFailedError, QueueFullError
+from inference.errors import (
+    GenerationCancelled,
+    GenerationFailedError,
+    NotYourJobError,
+    QueueFullError,
+)
 from inference.fakes import FakeGenerator
 from inference.jobs import JobState, Owner
-from inference.queue import JobHandle, JobQueue, NotYourJobError, QueueSettings
+from inference.queue import JobHandle, JobQueue, QueueSettings
 from inference.types import GenerationRequest
 from tests.memory_journal import MemoryJournal
 
