@@ -152,6 +152,9 @@ class IntraOpThreads:
     def model_info(self, name: str) -> ModelInfo:
         return self.inner.model_info(name)
 
+    def warm_up(self, model: str) -> None:
+        self.inner.warm_up(model)
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],

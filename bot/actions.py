@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import discord
 
+from bot.delivery import DISCORD_FAILURES, REROLL, describe_failure
 from bot.errors import EXPECTED_ERRORS, NotAllowed, user_message
-from bot.render import queued_text
 from bot.store import DeliveryTarget
 from bot.submission import Actor
+from inference.errors import InferenceError
 from inference.jobs import JobRecord
 from inference.types import GenerationRequest
 
@@ -24,6 +28,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INTERACTION_TOKEN_LIFETIME_S = 15 * 60
+REROLL_DEBOUNCE_S = 10.0  # one re-roll per user and image in this time
+
+
+class Debouncer:
+    """Lets one event per key through every `interval_s` (🔄 toggled 30 times is one re-roll)."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[int, int], float] = {}
+
+    def allow(self, user_id: int, subject_id: int) -> bool:
+        now = self._clock()
+        if len(self._last) > 10_000:  # forget old keys so the map stays small
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval_s}
+        last = self._last.get((user_id, subject_id))
+        if last is not None and now - last < self.interval_s:
+            return False
+        self._last[(user_id, subject_id)] = now
+        return True
 
 
 def actor_of(interaction: discord.Interaction) -> Actor:
@@ -48,6 +72,7 @@ class Actions:
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.services = bot.services
+        self._reroll_debounce = Debouncer(REROLL_DEBOUNCE_S)
 
     def is_moderator(self, member: discord.abc.User | None) -> bool:
         return is_moderator(member, self.services.settings.discord.moderator_role_ids)
@@ -62,65 +87,74 @@ class Actions:
         """Queue the job, acknowledge, and follow the job in the deferred message.
 
         Limits and the queue answer in milliseconds, so they run before the acknowledgement:
-        a refusal can then be an ephemeral reply (after a public defer it could not be).
+        a refusal can then be an ephemeral reply (after a public defer it could not be). The
+        job is stored with its delivery target before any call to Discord, so a failing
+        Discord can delay the result but never lose it.
         """
-        try:
-            handle = await self.services.submitter.submit(request, actor_of(interaction))
-        except EXPECTED_ERRORS as error:
-            await interaction.response.send_message(user_message(error), ephemeral=True)
-            return None
-        try:
-            await interaction.response.defer(thinking=True)
-        except discord.HTTPException:
-            # Too late to answer (Discord's 3 s passed): nobody would see the result.
-            logger.warning("job %d: interaction expired before it was acknowledged", handle.job_id)
-            await self.services.queue.cancel(handle.job_id, user_id=0, is_moderator=True)
-            raise
-        store = self.services.store
-        message = await interaction.original_response()
         target = DeliveryTarget(
-            job_id=handle.job_id,
+            job_id=0,
             channel_id=interaction.channel_id,
-            message_id=message.id,
             interaction_token=interaction.token,
             application_id=interaction.application_id,
             token_expires_at=interaction.created_at.timestamp() + INTERACTION_TOKEN_LIFETIME_S,
         )
-        await store.set_delivery_target(
-            handle.job_id,
-            channel_id=target.channel_id or 0,
-            message_id=target.message_id,
-            interaction_token=target.interaction_token,
-            application_id=target.application_id,
-            token_expires_at=target.token_expires_at,
-        )
-        if rerolled_from is not None:
-            await store.set_rerolled_from(handle.job_id, rerolled_from)
-        await interaction.edit_original_response(
-            content=queued_text(handle.job_id, handle.position, handle.eta_s, request.prompt)
-        )
+        try:
+            handle = await self.services.submitter.submit(
+                request, actor_of(interaction), target, rerolled_from=rerolled_from
+            )
+        except EXPECTED_ERRORS as error:
+            await self.bot.reply_ephemeral(interaction, user_message(error))
+            return None
+        target = replace(target, job_id=handle.job_id)
+        try:
+            await interaction.response.defer(thinking=True)
+        except DISCORD_FAILURES as error:
+            # Unacknowledged (Discord's 3 s passed, or Discord failed): the job stands, and
+            # its result is posted to the channel with a mention instead.
+            logger.warning(
+                "job %d: could not acknowledge the interaction (%s); the result will go to "
+                "the channel",
+                handle.job_id,
+                describe_failure(error),
+            )
+            target = replace(target, interaction_token=None, token_expires_at=None)
         self.bot.delivery.follow(handle, target, interaction.filesize_limit)
         return handle.job_id
 
     # --- re-roll ---------------------------------------------------------------------------
+    # One rule for 🔄, the button and /reroll: a re-roll is the re-roller's own new job, with
+    # the same options and a new seed, checked and charged like any /imagine.
 
     async def reroll_from_button(self, interaction: discord.Interaction) -> None:
         record = await self._job_of_message(interaction.message.id if interaction.message else 0)
         if record is None:
             await self.bot.reply_ephemeral(interaction, "⚠️ I don't know this image any more.")
             return
+        if not self._reroll_debounce.allow(interaction.user.id, interaction.message.id):  # type: ignore[union-attr]
+            await self.bot.reply_ephemeral(
+                interaction, "⏳ You just re-rolled this image; wait a few seconds."
+            )
+            return
         await self.reroll_job(interaction, record)
 
     async def reroll_job(self, interaction: discord.Interaction, record: JobRecord) -> None:
-        submitter = self.services.submitter
         try:
-            await submitter.check_channel_and_words(actor_of(interaction), [record.request.prompt])
+            request = await self.services.submitter.prepare_reroll(
+                record.request, actor_of(interaction)
+            )
         except EXPECTED_ERRORS as error:
             await self.bot.reply_ephemeral(interaction, user_message(error))
             return
-        await self.start(interaction, submitter.reroll_of(record.request), rerolled_from=record.id)
+        await self.start(interaction, request, rerolled_from=record.id)
 
     async def reroll_from_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        if not self._reroll_debounce.allow(payload.user_id, payload.message_id):
+            logger.info(
+                "re-roll by user %d on message %d ignored (debounced)",
+                payload.user_id,
+                payload.message_id,
+            )
+            return
         record = await self._job_of_message(payload.message_id)
         if record is None:
             return
@@ -130,26 +164,33 @@ class Actions:
             channel_id=payload.channel_id,
             role_ids=frozenset(r.id for r in getattr(payload.member, "roles", [])),
         )
-        channel = self.bot.get_partial_messageable(payload.channel_id)
         submitter = self.services.submitter
-        request = submitter.reroll_of(record.request)
+        target = DeliveryTarget(0, payload.channel_id)
         try:
-            await submitter.check_channel_and_words(actor, [request.prompt])
-            handle = await submitter.submit(request, actor)
+            request = await submitter.prepare_reroll(record.request, actor)
+            handle = await submitter.submit(request, actor, target, rerolled_from=record.id)
         except EXPECTED_ERRORS as error:
-            # No interaction, so no ephemeral reply: a short-lived mention instead.
-            await channel.send(f"<@{actor.user_id}> {user_message(error)}", delete_after=15)
+            # No interaction, so no ephemeral reply; a public post would let anyone make the
+            # bot spam the channel. The refusal is the reaction taken back.
+            logger.info("re-roll of job %d by user %d refused: %s", record.id, actor.user_id, error)
+            await self._take_back_reaction(payload, REROLL)
             return
-        message = await channel.send(
-            queued_text(handle.job_id, handle.position, handle.eta_s, request.prompt)
-            + f"\n🔄 re-roll of job {record.id} for <@{actor.user_id}>"
+        self.bot.delivery.follow(
+            handle,
+            replace(target, job_id=handle.job_id),
+            note=f"🔄 re-roll of job {record.id} for <@{actor.user_id}>",
         )
-        await self.services.store.set_delivery_target(
-            handle.job_id, channel_id=payload.channel_id, message_id=message.id
+
+    async def _take_back_reaction(
+        self, payload: discord.RawReactionActionEvent, emoji: str
+    ) -> None:
+        message = self.bot.get_partial_messageable(payload.channel_id).get_partial_message(
+            payload.message_id
         )
-        await self.services.store.set_rerolled_from(handle.job_id, record.id)
-        target = DeliveryTarget(handle.job_id, payload.channel_id, message.id)
-        self.bot.delivery.follow(handle, target)
+        try:  # needs Manage Messages; without it the refusal is only in the log
+            await message.remove_reaction(emoji, discord.Object(id=payload.user_id))
+        except DISCORD_FAILURES as error:
+            logger.info("could not take back %s on message %d: %s", emoji, message.id, error)
 
     # --- delete ----------------------------------------------------------------------------
 
@@ -189,6 +230,17 @@ class Actions:
         await interaction.response.defer()
         await message.delete()
         logger.info("job %d: result deleted by user %d", record.id, interaction.user.id)
+
+    async def message_deleted(self, message_id: int) -> None:
+        """A job's progress message was deleted: whoever could delete it no longer wants the
+        job, so it is cancelled and nothing is posted for it again."""
+        record = await self._job_of_message(message_id)
+        if record is None or record.state.finished:
+            return
+        self.bot.delivery.abandon(record.id)
+        with contextlib.suppress(InferenceError):  # finished meanwhile
+            await self.services.queue.cancel(record.id, user_id=0, is_moderator=True)
+        logger.info("job %d: its message was deleted; cancelled", record.id)
 
     async def _job_of_message(self, message_id: int) -> JobRecord | None:
         return await self.services.store.job_by_message(message_id)

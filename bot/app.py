@@ -19,6 +19,8 @@ from inference.tokens import count_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
+PRUNE_EVERY_S = 600.0
+
 
 def limit_policy(settings: Settings) -> LimitPolicy:
     rate = settings.rate
@@ -57,31 +59,69 @@ async def run_bot(settings: Settings) -> None:
             "model %s: %s %s, %d px", spec.name, info.family, info.variant, info.native_size
         )
 
+    loop = asyncio.get_running_loop()
+    unsent = 0
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
+            loop.add_signal_handler(sig, stop.set)
+
     async with AsyncExitStack() as stack:
         store = await Store.open(settings.database)
         stack.push_async_callback(store.close)
         queue = JobQueue(generator, store, queue_settings(settings))
-        await queue.start()
+        # Imports, tokenizer and the default model load before Discord is connected: the
+        # first interaction after a start must be answered within 3 s like any other.
+        started = loop.time()
+        await queue.start(warm_up_model=settings.default_model)
+        logger.info("warmed up in %.1f s", loop.time() - started)
         stack.push_async_callback(queue.close)  # the running job goes back in line
         limiter = RateLimiter(store, limit_policy(settings))
         submitter = Submitter(settings, store, queue, limiter, generator, count_prompt_tokens)
         bot = ImagineBot(Services(settings, store, queue, limiter, submitter))
         stack.push_async_callback(bot.close)
+        if stop.is_set():  # asked to stop while warming up
+            return
+        pruner = asyncio.create_task(prune_rate_events(limiter), name="prune-rate-events")
+        stack.push_async_callback(cancel_and_wait, pruner)
 
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
-                loop.add_signal_handler(sig, stop.set)
         runner = asyncio.create_task(bot.start(settings.discord.token), name="discord-client")
         stopper = asyncio.create_task(stop.wait(), name="wait-for-signal")
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if runner in done:
             runner.result()  # a login failure or a fatal gateway close: raise it
-        else:
-            logger.info("signal received: shutting down")
-            await bot.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-    logger.info("stopped cleanly")
+            return
+        logger.info("signal received: shutting down")
+        # Order matters: stop generating (the running job goes back in line), let results
+        # already uploading finish, then leave Discord.
+        await queue.close()
+        unsent = await bot.delivery.drain()
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    if unsent:
+        logger.warning(
+            "stopped; %d result(s) not yet confirmed by Discord are sent after the next start",
+            unsent,
+        )
+    else:
+        logger.info("stopped cleanly")
+
+
+async def prune_rate_events(limiter: RateLimiter, every_s: float = PRUNE_EVERY_S) -> None:
+    """The rate ledger only needs the longest window: drop older events now and then."""
+    while True:
+        try:
+            removed = await limiter.prune()
+            if removed:
+                logger.info("pruned %d old rate-limit events", removed)
+        except Exception:
+            logger.exception("pruning rate-limit events failed")
+        await asyncio.sleep(every_s)
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -15,7 +15,7 @@ from bot.cogs.admin import AdminCog
 from bot.cogs.history import HistoryCog
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.reactions import ReactionsCog
-from bot.delivery import Deliverer, ResultView
+from bot.delivery import Deliverer, DeliveryPolicy, ResultView
 from bot.errors import user_message
 from bot.limits import RateLimiter
 from bot.settings import Settings
@@ -47,6 +47,7 @@ class ImagineBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_reactions = True  # not privileged; slash commands need no content intent
+        intents.guild_messages = True  # not privileged: tells us a job's message was deleted
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -54,8 +55,16 @@ class ImagineBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
         )
         self.services = services
+        delivery = services.settings.delivery
         self.delivery = Deliverer(
-            self, services.store, services.queue, services.settings.progress.edit_interval_s
+            self,
+            services.store,
+            services.queue,
+            services.limiter,
+            services.settings.progress.edit_interval_s,
+            DeliveryPolicy(
+                delivery.attempt_timeout_s, delivery.retry_delays_s, delivery.shutdown_grace_s
+            ),
         )
         self.actions = Actions(self)
 

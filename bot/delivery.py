@@ -1,9 +1,21 @@
 """Following a job in Discord: throttled progress edits, then the result, exactly once.
 
-The progress message is edited through the interaction's webhook while its token lives (15
-min). Past that, or after a restart without a usable token, the result is posted to the channel
-and mentions the requester. `Store.mark_delivered` is claimed before sending, so a result is
-never delivered twice, even when a restart races with a delivery.
+Nothing lost, nothing twice, whatever Discord or the process does:
+
+- The job is stored with its delivery target before it is queued (see `Actions.start`), so a
+  result always has somewhere to go, even after a restart.
+- Delivery is confirmed, then recorded: `Store.mark_delivered` runs only after Discord answered
+  with the message. A crash in between sends again after the restart, and sending again posts
+  nothing twice: the result is an edit of the job's own message (the same message, however
+  often), or a channel post that carries a nonce made from the job id with `enforce_nonce`
+  (Discord answers a repeat with the first message), and after a restart the channel's recent
+  messages are searched for the job's images before posting.
+- Discord failing: every attempt is bounded in time; discord.py already retries 5xx and waits
+  out 429s. On top, the interaction route falls back to a channel post that mentions the
+  requester, and whole attempts repeat after `DeliveryPolicy.retry_delays_s`. When all fail,
+  the job ends failed with the reason (shown in /history), its images are kept and its rate
+  charge is refunded.
+- On SIGTERM, results already uploading get `shutdown_grace_s` to finish (`drain`).
 """
 
 from __future__ import annotations
@@ -13,23 +25,25 @@ import io
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot import render
 from bot.errors import user_message
 from bot.store import DeliveryTarget, Store
 from inference.errors import GenerationCancelled, InferenceError
-from inference.images import fit_to_limit
+from inference.images import FittedImage, fit_to_limit
 from inference.jobs import JobRecord, JobState
 from inference.queue import JobHandle, JobQueue
 from inference.types import GenerationRequest
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
+    from bot.limits import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +51,59 @@ REROLL = "🔄"
 DELETE = "❌"
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # unboosted guilds
 QUEUED_REFRESH_S = 10.0  # how often a waiting job's position/ETA is re-shown
+PROGRESS_EDIT_TIMEOUT_S = 15.0  # a stalled progress edit is skipped, not waited for
+HISTORY_LOOKBACK = 50  # channel messages searched for an earlier post of a result
+
+# What a call to Discord can fail with: an HTTP error (after discord.py's own retries), a
+# dropped connection, or our own time limit.
+DISCORD_FAILURES: tuple[type[BaseException], ...] = (
+    discord.HTTPException,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    attempt_timeout_s: float = 120.0  # one upload; a stalled one is abandoned and retried
+    retry_delays_s: tuple[float, ...] = (5.0, 30.0, 120.0)  # pauses between whole attempts
+    shutdown_grace_s: float = 20.0  # SIGTERM: time for uploads in flight to finish
+
+
+@dataclass(frozen=True)
+class FinalMessage:
+    """What a finished job shows: its images with an embed, or a one-line notice."""
+
+    job_id: int
+    user_id: int
+    notice: str | None = None
+    images: tuple[FittedImage, ...] = ()
+    embed: discord.Embed | None = None
+
+
+def describe_failure(error: BaseException) -> str:
+    if isinstance(error, discord.HTTPException):
+        return f"HTTP {error.status} {error.text[:120]}".strip()
+    return f"{type(error).__name__} {error}".strip()
+
+
+def is_permanent(error: BaseException) -> bool:
+    """A 4xx (other than 429, which discord.py waits out) will not change by retrying."""
+    return isinstance(error, discord.HTTPException) and 400 <= error.status < 500
+
+
+def mention_only(user_id: int) -> discord.AllowedMentions:
+    """Ping the requester and nobody else, whatever the prompt says."""
+    return discord.AllowedMentions(
+        everyone=False, roles=False, users=[discord.Object(id=user_id)], replied_user=False
+    )
+
+
+def result_nonce(job_id: int) -> str:
+    # Discord keeps a nonce (at most 25 characters) for a few minutes: a retried post of the
+    # same result returns the first message instead of a second one.
+    return f"imagine-{job_id}"
 
 
 class ResultView(discord.ui.View):
@@ -59,42 +126,86 @@ class ResultView(discord.ui.View):
 
 
 class Deliverer:
-    def __init__(self, bot: ImagineBot, store: Store, queue: JobQueue, edit_interval_s: float):
+    def __init__(
+        self,
+        bot: ImagineBot,
+        store: Store,
+        queue: JobQueue,
+        limiter: RateLimiter,
+        edit_interval_s: float,
+        policy: DeliveryPolicy = DeliveryPolicy(),
+    ) -> None:
         self.bot = bot
         self.store = store
         self.queue = queue
+        self.limiter = limiter
         self.edit_interval_s = edit_interval_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.policy = policy
+        self._followers: set[asyncio.Task[None]] = set()  # progress; cancelled at shutdown
+        self._uploads: set[asyncio.Task[None]] = set()  # final results; drained at shutdown
+        self._delivering: set[int] = set()  # job ids with a final delivery under way
+        self._abandoned: set[int] = set()  # job ids whose message was deleted: send nothing
 
     # --- task hygiene ----------------------------------------------------------------------
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(
+        self, tasks: set[asyncio.Task[None]], coroutine: Coroutine[Any, Any, None], name: str
+    ) -> None:
         task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(self._log_failure)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    @staticmethod
+    def _log_failure(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
+    async def drain(self, grace_s: float | None = None) -> int:
+        """Shutting down: stop following progress, give results being uploaded `grace_s` to
+        finish, then cancel them. Returns how many were cut short (re-sent after the next
+        start, since only a confirmed delivery is recorded)."""
+        await _cancel_all(self._followers)
+        grace = self.policy.shutdown_grace_s if grace_s is None else grace_s
+        pending = set(self._uploads)
+        if pending and grace > 0:
+            logger.info("waiting up to %.0f s for %d result(s) being sent", grace, len(pending))
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        await _cancel_all(self._uploads)
+        return len(pending)
+
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.drain(grace_s=0)
 
     # --- following a job -------------------------------------------------------------------
 
     def follow(
-        self, handle: JobHandle, target: DeliveryTarget, upload_limit: int = DEFAULT_UPLOAD_LIMIT
+        self,
+        handle: JobHandle,
+        target: DeliveryTarget,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        *,
+        note: str | None = None,
     ) -> None:
-        self.spawn(self._follow(handle, target, upload_limit), f"deliver-job-{handle.job_id}")
+        """Show the job's progress in its message, then deliver its result. `note` is shown
+        under the progress (e.g. who asked for a re-roll)."""
+        self._spawn(
+            self._followers,
+            self._follow(handle, target, upload_limit, note),
+            f"follow-job-{handle.job_id}",
+        )
 
-    async def _follow(self, handle: JobHandle, target: DeliveryTarget, upload_limit: int) -> None:
-        last_edit = 0.0
+    def abandon(self, job_id: int) -> None:
+        """The job's message was deleted: show and send nothing more for it."""
+        self._abandoned.add(job_id)
+
+    async def _follow(
+        self, handle: JobHandle, target: DeliveryTarget, upload_limit: int, note: str | None
+    ) -> None:
+        last_edit = float("-inf")
         last_shown: object = None
         async for update in handle.updates():
-            if update.done():
+            if update.done() or handle.job_id in self._abandoned:
                 break
             shown = (update.state, update.position, update.progress and update.progress.step)
             now = time.monotonic()
@@ -106,157 +217,320 @@ class Deliverer:
             if shown == last_shown or now - last_edit < interval:
                 continue
             last_shown, last_edit = shown, now
-            target = await self._show_progress(handle, target)
+            target = await self._show_progress(handle, target, note)
+        self._spawn(
+            self._uploads,
+            self._deliver_outcome(handle, target, upload_limit),
+            f"deliver-job-{handle.job_id}",
+        )
+
+    async def _deliver_outcome(
+        self, handle: JobHandle, target: DeliveryTarget, upload_limit: int
+    ) -> None:
         try:
             result = await handle.result()
         except GenerationCancelled:
-            await self._finish_without_images(target, handle.job_id, "🚫 Cancelled.")
+            await self._refund(handle.job_id)
+            await self.deliver(
+                target, FinalMessage(handle.job_id, handle.owner.user_id, "🚫 Cancelled.")
+            )
             return
         except InferenceError as error:
-            await self._finish_without_images(target, handle.job_id, user_message(error))
+            await self._refund(handle.job_id)
+            notice = user_message(error)
+            await self.deliver(target, FinalMessage(handle.job_id, handle.owner.user_id, notice))
             return
-        files = [
-            (image.png, f"job-{handle.job_id}-{i}.png") for i, image in enumerate(result.images)
-        ]
-        await self._deliver_images(
-            target,
+        pngs = [image.png for image in result.images]
+        message = await self._result_message(
             handle.job_id,
             handle.owner.user_id,
             result.request,
-            files,
+            pngs,
             result.elapsed_s,
             result.notes,
             upload_limit,
         )
+        await self.deliver(target, message)
 
-    async def _show_progress(self, handle: JobHandle, target: DeliveryTarget) -> DeliveryTarget:
-        """Edit the progress message; returns the target to use from now on."""
+    async def _result_message(
+        self,
+        job_id: int,
+        user_id: int,
+        request: GenerationRequest,
+        pngs: list[bytes],
+        elapsed_s: float,
+        notes: tuple[str, ...],
+        upload_limit: int,
+    ) -> FinalMessage:
+        # Scaling a large PNG down takes a while: off the event loop.
+        fitted = await asyncio.to_thread(
+            lambda: tuple(
+                fit_to_limit(png, upload_limit, f"job-{job_id}-{i}.png")
+                for i, png in enumerate(pngs)
+            )
+        )
+        fit_notes = sorted({f.note for f in fitted if f.note})
+        embed = render.result_embed(request, job_id, elapsed_s, (*notes, *fit_notes))
+        return FinalMessage(job_id, user_id, images=fitted, embed=embed)
+
+    async def _show_progress(
+        self, handle: JobHandle, target: DeliveryTarget, note: str | None
+    ) -> DeliveryTarget:
+        """Edit (or first post) the progress message; returns the target to use from now on."""
         if handle.state is JobState.QUEUED:
             content = render.queued_text(
                 handle.job_id, handle.position, handle.eta_s, handle.request.prompt
             )
         else:
             content = render.progress_text(handle.job_id, handle.progress, handle.request.prompt)
+        if note:
+            content = render.clip(f"{content}\n{note}", render.MAX_CONTENT)
         attachments = []
         if handle.progress is not None and handle.progress.preview:
             attachments = [discord.File(io.BytesIO(handle.progress.preview), "preview.jpg")]
         try:
-            await self._edit(target, content=content, attachments=attachments)
-        except discord.HTTPException as error:
+            async with asyncio.timeout(PROGRESS_EDIT_TIMEOUT_S):
+                if target.message_id is None and not target.token_usable(time.time()):
+                    message = await self._post(target, content=content, files=attachments)
+                else:
+                    message = await self._edit(target, content=content, attachments=attachments)
+        except DISCORD_FAILURES as error:
             # A missed progress edit is harmless; the result is what matters.
-            logger.info("job %d: progress edit failed: %s", handle.job_id, error)
-            if error.status == 401 and target.interaction_token is not None:
-                # The interaction token died early (Discord revoked it, or the clocks
-                # disagree): go on editing as the bot, the message's author.
+            logger.info("job %d: progress edit failed: %s", handle.job_id, describe_failure(error))
+            if is_permanent(error) and target.interaction_token is not None:
+                # The interaction token died early (revoked, or never acknowledged): go on as
+                # the bot, the message's author.
                 return replace(target, interaction_token=None, token_expires_at=None)
-        return target
+            return target
+        return await self._remember_message(target, message)
+
+    async def _remember_message(
+        self, target: DeliveryTarget, message: discord.Message | None
+    ) -> DeliveryTarget:
+        if message is None or message.id == target.message_id or target.channel_id is None:
+            return target
+        try:
+            await self.store.set_delivery_target(
+                target.job_id, channel_id=target.channel_id, message_id=message.id
+            )
+        except Exception:  # it only helps reactions/buttons find the job; not fatal
+            logger.exception("job %d: could not store its message id", target.job_id)
+        return replace(target, message_id=message.id)
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def _edit(self, target: DeliveryTarget, **fields: Any) -> bool:
-        """Edit the job's message: via the interaction webhook while its token lives, else as
-        the bot. False when there is no message to edit; raises discord.HTTPException."""
-        if target.message_id is None:
-            return False
+    async def _edit(self, target: DeliveryTarget, **fields: Any) -> discord.Message | None:
+        """Edit the job's message: via the interaction webhook while its token lives (the
+        message id is not needed: `@original`), else as the bot. None if there is no message
+        to edit; raises what Discord raised."""
         if target.token_usable(time.time()):
             webhook = discord.Webhook.partial(
                 target.application_id,  # type: ignore[arg-type]
                 target.interaction_token,  # type: ignore[arg-type]
                 client=self.bot,
             )
-            await webhook.edit_message(target.message_id, **fields)
-        else:
-            channel = self.bot.get_partial_messageable(target.channel_id)  # type: ignore[arg-type]
-            await channel.get_partial_message(target.message_id).edit(**fields)
-        return True
+            message_id: Any = target.message_id or "@original"
+            return await webhook.edit_message(message_id, **fields)
+        if target.message_id is None or target.channel_id is None:
+            return None
+        channel = self.bot.get_partial_messageable(target.channel_id)
+        return await channel.get_partial_message(target.message_id).edit(**fields)
 
-    async def _try_edit(self, target: DeliveryTarget, **fields: Any) -> bool:
-        try:
-            return await self._edit(target, **fields)
-        except discord.HTTPException as error:
-            logger.info("job %d: edit failed (%s); posting to the channel", target.job_id, error)
-            return False
-
-    async def _finish_without_images(self, target: DeliveryTarget, job_id: int, text: str) -> None:
-        if not await self.store.mark_delivered(job_id):
-            return
-        content = f"{text} (job {job_id})" if f"job {job_id}" not in text else text
-        if not await self._try_edit(target, content=content, attachments=[], embed=None, view=None):
-            record = await self.store.get_job(job_id)
-            mention = f"<@{record.owner.user_id}> " if record else ""
-            await self._send_to_channel(target, content=mention + content)
-
-    async def _deliver_images(
-        self,
-        target: DeliveryTarget,
-        job_id: int,
-        user_id: int,
-        request: GenerationRequest,
-        files: list[tuple[bytes, str]],
-        elapsed_s: float,
-        notes: tuple[str, ...],
-        upload_limit: int,
-    ) -> None:
-        if not await self.store.mark_delivered(job_id):
-            logger.info("job %d: already delivered; not sending again", job_id)
-            return
-        fitted = [fit_to_limit(data, upload_limit, name) for data, name in files]
-        fit_notes = sorted({f.note for f in fitted if f.note})
-        embed = render.result_embed(request, job_id, elapsed_s, (*notes, *fit_notes))
-
-        def attachments() -> list[discord.File]:  # a File can be sent only once
-            return [discord.File(io.BytesIO(f.data), f.filename) for f in fitted]
-
-        view = ResultView(self.bot)
-        message_id = target.message_id
-        # Only through the live interaction: past 15 minutes the requester gets a new message
-        # that mentions them, rather than a silent edit far up the channel.
-        edited = target.token_usable(time.time()) and await self._try_edit(
-            target, content=f"<@{user_id}>", embed=embed, attachments=attachments(), view=view
-        )
-        if not edited:
-            message = await self._send_to_channel(
-                target,
-                content=f"<@{user_id}> your image is ready",
-                embed=embed,
-                files=attachments(),
-                view=view,
-            )
-            if message is not None and target.channel_id is not None:
-                await self.store.set_delivery_target(
-                    job_id, channel_id=target.channel_id, message_id=message.id
-                )
-                # Point the old progress message at the new one (as the bot: token is dead).
-                await self._try_edit(
-                    replace(target, interaction_token=None),
-                    content=f"✅ Done: {message.jump_url} (job {job_id})",
-                    attachments=[],
-                )
-            message_id = message.id if message else None
-        if message_id is not None:
-            await self._add_reactions(target.channel_id, message_id)  # type: ignore[arg-type]
-        logger.info("job %d: delivered to channel %s", job_id, target.channel_id)
-
-    async def _send_to_channel(
-        self, target: DeliveryTarget, **fields: Any
-    ) -> discord.Message | None:
+    async def _post(self, target: DeliveryTarget, **fields: Any) -> discord.Message | None:
         if target.channel_id is None:
             return None
         channel = self.bot.get_partial_messageable(target.channel_id)
+        return await channel.send(**fields)
+
+    async def deliver(
+        self, target: DeliveryTarget, final: FinalMessage, *, look_first: bool = False
+    ) -> None:
+        """Send a finished job's result or notice until Discord confirms it, then record it.
+
+        `look_first`: a post may have gone out before a crash; search the channel first.
+        """
+        job_id = final.job_id
+        if job_id in self._delivering:
+            return  # already under way in this process
+        self._delivering.add(job_id)
         try:
-            return await channel.send(**fields)
-        except discord.HTTPException:
-            logger.exception(
-                "job %d: could not post to channel %s", target.job_id, target.channel_id
+            if job_id in self._abandoned:
+                await self.store.mark_delivered(job_id)  # its message was deleted: settle
+                return
+            failures: list[str] = []
+            for delay in (0.0, *self.policy.retry_delays_s):
+                await asyncio.sleep(delay)
+                target, message, permanent = await self._attempt(
+                    target, final, failures, look_first
+                )
+                if message is not None:
+                    await self._delivered(target, final, message)
+                    return
+                look_first = True  # a post may have gone through with its answer lost
+                if permanent:
+                    break
+            await self._give_up(final, failures)
+        finally:
+            self._delivering.discard(job_id)
+
+    async def _attempt(
+        self,
+        target: DeliveryTarget,
+        final: FinalMessage,
+        failures: list[str],
+        look_first: bool,
+    ) -> tuple[DeliveryTarget, discord.Message | None, bool]:
+        """One try along both routes: (target now, the confirmed message or None, whether
+        no later try can succeed)."""
+        timeout = self.policy.attempt_timeout_s
+        mention = mention_only(final.user_id)
+        # Route 1: the job's own message, through the live interaction. Only while the token
+        # lives: past 15 minutes the requester gets a new message that mentions them, rather
+        # than a silent edit far up the channel.
+        if target.token_usable(time.time()):
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await self._edit(
+                        target, **self._fields(final, edit=True), allowed_mentions=mention
+                    )
+                return target, message, False
+            except DISCORD_FAILURES as error:
+                failures.append(f"interaction: {describe_failure(error)}")
+                logger.warning(
+                    "job %d: delivery through the interaction failed: %s",
+                    final.job_id,
+                    describe_failure(error),
+                )
+                if is_permanent(error):
+                    target = replace(target, interaction_token=None, token_expires_at=None)
+        # Route 2: a new message in the channel that mentions the requester.
+        if target.channel_id is None:
+            failures.append("no channel to post to")
+            return target, None, True
+        try:
+            async with asyncio.timeout(timeout):
+                earlier = await self._find_posted(target, final) if look_first else None
+                if earlier is not None:
+                    logger.info("job %d: found in the channel, already delivered", final.job_id)
+                    return target, earlier, False
+                message = await self._post(
+                    target,
+                    **self._fields(final, edit=False),
+                    allowed_mentions=mention,
+                    nonce=result_nonce(final.job_id),
+                )
+            return target, message, False
+        except DISCORD_FAILURES as error:
+            failures.append(f"channel: {describe_failure(error)}")
+            logger.warning(
+                "job %d: posting the result to channel %s failed: %s",
+                final.job_id,
+                target.channel_id,
+                describe_failure(error),
             )
-            return None
+            return target, None, is_permanent(error)
+
+    def _fields(self, final: FinalMessage, *, edit: bool) -> dict[str, Any]:
+        """The message's content for an edit of the job's message or a new channel post."""
+        files = [discord.File(io.BytesIO(f.data), f.filename) for f in final.images]
+        mention = f"<@{final.user_id}>"
+        if final.notice is not None:
+            text = final.notice
+            if f"job {final.job_id}" not in text:
+                text = f"{text} (job {final.job_id})"
+            content = render.clip(text if edit else f"{mention} {text}", render.MAX_CONTENT)
+            if edit:
+                return {"content": content, "attachments": [], "embed": None, "view": None}
+            return {"content": content}
+        view = ResultView(self.bot)
+        if edit:
+            return {"content": mention, "embed": final.embed, "attachments": files, "view": view}
+        return {
+            "content": f"{mention} your image is ready",
+            "embed": final.embed,
+            "files": files,
+            "view": view,
+        }
+
+    async def _find_posted(
+        self, target: DeliveryTarget, final: FinalMessage
+    ) -> discord.Message | None:
+        """The bot's earlier post of this result in the channel, if one went out."""
+        assert target.channel_id is not None
+        channel = self.bot.get_partial_messageable(target.channel_id)
+        prefix = f"job-{final.job_id}-"
+        marker = f"(job {final.job_id})"
+        async for message in channel.history(limit=HISTORY_LOOKBACK):
+            if self.bot.user is None or message.author.id != self.bot.user.id:
+                continue
+            if final.images and any(a.filename.startswith(prefix) for a in message.attachments):
+                return message
+            if final.notice is not None and marker in message.content:
+                return message
+        return None
+
+    async def _delivered(
+        self, target: DeliveryTarget, final: FinalMessage, message: discord.Message | None
+    ) -> None:
+        message_id = message.id if message is not None else None
+        try:
+            await self.store.mark_delivered(
+                final.job_id, channel_id=target.channel_id, message_id=message_id
+            )
+        except Exception:
+            # Not recorded: the next start sends again, and finds this message first.
+            logger.exception("job %d: delivered, but recording it failed", final.job_id)
+        logger.info("job %d: delivered to channel %s", final.job_id, target.channel_id)
+        if message_id is None or target.channel_id is None or not final.images:
+            return
+        if target.message_id is not None and target.message_id != message_id:
+            # Posted anew: point the old progress message at the result (as the bot).
+            try:
+                await self._edit(
+                    replace(target, interaction_token=None),
+                    content=f"✅ Done: {message.jump_url} (job {final.job_id})",  # type: ignore[union-attr]
+                    attachments=[],
+                )
+            except DISCORD_FAILURES as error:
+                logger.info(
+                    "job %d: could not update the progress message: %s",
+                    final.job_id,
+                    describe_failure(error),
+                )
+        await self._add_reactions(target.channel_id, message_id)
+
+    async def _give_up(self, final: FinalMessage, failures: list[str]) -> None:
+        reason = "; ".join(failures[-2:]) or "unknown"
+        logger.error(
+            "job %d: giving up delivery after %d failed tries (%s); images kept",
+            final.job_id,
+            len(failures),
+            reason,
+        )
+        note = (
+            "not delivered: Discord did not accept the result; the images are kept on the bot"
+            if final.images
+            else "the notice could not be delivered"
+        )
+        try:
+            event = await self.store.give_up_delivery(final.job_id, note)
+            await self.limiter.refund(event)
+        except Exception:
+            logger.exception("job %d: could not record the failed delivery", final.job_id)
+
+    async def _refund(self, job_id: int) -> None:
+        """The requester got no images: the charge goes back."""
+        try:
+            await self.limiter.refund(await self.store.rate_event_of(job_id))
+        except Exception:
+            logger.exception("job %d: could not refund its rate charge", job_id)
 
     async def _add_reactions(self, channel_id: int, message_id: int) -> None:
         message = self.bot.get_partial_messageable(channel_id).get_partial_message(message_id)
         for emoji in (REROLL, DELETE):
             try:
                 await message.add_reaction(emoji)
-            except discord.HTTPException as error:
+            except DISCORD_FAILURES as error:
                 logger.info("could not add %s to message %d: %s", emoji, message_id, error)
 
     # --- after a restart -------------------------------------------------------------------
@@ -269,26 +543,43 @@ class Deliverer:
                 self.follow(handle, target)
         for record in await self.store.undelivered_finished_jobs():
             target = await self.store.get_delivery_target(record.id)
-            if target is not None and target.channel_id is not None:
-                self.spawn(self._redeliver(record, target), f"redeliver-job-{record.id}")
+            if target is None or target.channel_id is None:
+                logger.error("job %d: finished but has nowhere to be delivered", record.id)
+                continue
+            self._spawn(
+                self._uploads, self._redeliver(record, target), f"redeliver-job-{record.id}"
+            )
 
     async def _redeliver(self, record: JobRecord, target: DeliveryTarget) -> None:
+        user_id = record.owner.user_id
         if record.state is not JobState.DONE or record.outcome is None:
-            await self._finish_without_images(
-                target, record.id, f"❌ {record.error or 'generation failed'}"
-            )
+            notice = f"❌ {record.error or 'generation failed'}"
+            await self.deliver(target, FinalMessage(record.id, user_id, notice), look_first=True)
             return
-        files = [
-            (await asyncio.to_thread(Path(image.path).read_bytes), f"job-{record.id}-{i}.png")
-            for i, image in enumerate(record.outcome.images)
-        ]
-        await self._deliver_images(
-            target,
+        try:
+            pngs = [
+                await asyncio.to_thread(Path(image.path).read_bytes)
+                for image in record.outcome.images
+            ]
+        except OSError as error:
+            logger.error("job %d: its images are gone (%s)", record.id, error)
+            notice = "❌ the finished images were lost on the bot's disk; please ask again"
+            await self.deliver(target, FinalMessage(record.id, user_id, notice), look_first=True)
+            return
+        message = await self._result_message(
             record.id,
-            record.owner.user_id,
+            user_id,
             record.request,
-            files,
+            pngs,
             record.outcome.elapsed_s,
             record.outcome.notes,
             DEFAULT_UPLOAD_LIMIT,
         )
+        await self.deliver(target, message, look_first=True)
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

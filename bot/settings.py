@@ -67,6 +67,13 @@ class ProgressConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    attempt_timeout_s: float  # one upload to Discord; a stalled one is abandoned and retried
+    retry_delays_s: tuple[float, ...]  # pauses between whole delivery attempts
+    shutdown_grace_s: float  # on SIGTERM, time for uploads in flight to finish
+
+
+@dataclass(frozen=True)
 class Settings:
     discord: DiscordSettings
     data_dir: Path
@@ -78,6 +85,7 @@ class Settings:
     queue: QueueConfig
     rate: RateConfig
     progress: ProgressConfig
+    delivery: DeliveryConfig
     log_level: str
 
     @property
@@ -161,6 +169,14 @@ class _Reader:
         if value < minimum:
             raise SettingsError(f"{self.section}.{key}: must be at least {minimum}, not {value}")
         return value
+
+    def numbers(self, key: str) -> tuple[float, ...]:
+        values = self._get(key, (list,), "a list of numbers")
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in values
+        ):
+            raise SettingsError(f"{self.section}.{key}: must be a list of numbers >= 0")
+        return tuple(float(v) for v in values)
 
     def ids(self, key: str) -> tuple[int, ...]:
         values = self._get(key, (list,), "a list of Discord ids")
@@ -273,6 +289,7 @@ def load_settings(
     queue = _Reader(data["queue"], "queue")
     rate = _Reader(data["rate_limits"], "rate_limits")
     progress = _Reader(data["progress"], "progress")
+    delivery = _Reader(data["delivery"], "delivery")
     models = _models(data["models"], base)
     default_model = inference.text("default_model") or models[0].name
     if default_model not in {m.name for m in models}:
@@ -328,6 +345,11 @@ def load_settings(
         progress=ProgressConfig(
             edit_interval_s=progress.number("edit_interval_s", 0.0),
             previews=progress.flag("previews"),
+        ),
+        delivery=DeliveryConfig(
+            attempt_timeout_s=delivery.number("attempt_timeout_s", 0.1),
+            retry_delays_s=delivery.numbers("retry_delays_s"),
+            shutdown_grace_s=delivery.number("shutdown_grace_s"),
         ),
         log_level=_Reader(data["logging"], "logging").choice(
             "level", ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -323,7 +323,7 @@ class Store:
         return InvalidTransition(job_id, JobState(rows[0]["state"]), target)
 
     async def _records(self, rows: Sequence[sqlite3.Row]) -> list[JobRecord]:
-        done_ids = [r["id"] for r in rows if r["state"] == JobState.DONE]
+        done_ids = [r["id"] for r in rows if r["state"] in (JobState.DONE, JobState.FAILED)]
         images: dict[int, list[StoredImage]] = {i: [] for i in done_ids}
         if done_ids:
             for img in await self._rows(
@@ -349,9 +349,16 @@ class Store:
         *,
         channel_id: int | None = None,
         rerolled_from: int | None = None,
+        target: DeliveryTarget | None = None,
+        rate_event_id: int | None = None,
     ) -> int:
-        """Record a queued job and return its id. Also notes the user as seen."""
+        """Record a queued job and return its id. Also notes the user as seen.
+
+        `target` (where the result goes) is recorded in the same transaction, before the job
+        can run: a job never exists without somewhere to deliver it. Its job_id is ignored."""
         now = self._clock()
+        if target is not None:
+            channel_id = target.channel_id
         async with self._lock, self._transaction() as db:
             await db.execute(
                 "INSERT INTO users (id, first_seen, last_seen) VALUES (?, ?, ?)"
@@ -361,8 +368,10 @@ class Store:
             rows = await db.execute_fetchall(
                 "INSERT INTO jobs (user_id, guild_id, channel_id, state, prompt,"
                 " negative_prompt, width, height, steps, guidance, seed, sampler, count, model,"
-                " created_at, rerolled_from)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " created_at, rerolled_from, message_id, interaction_token, application_id,"
+                " token_expires_at, rate_event_id)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (
                     owner.user_id,
                     owner.guild_id,
@@ -379,6 +388,11 @@ class Store:
                     request.model,
                     now,
                     rerolled_from,
+                    target and target.message_id,
+                    target and target.interaction_token,
+                    target and target.application_id,
+                    target and target.token_expires_at,
+                    rate_event_id,
                 ),
             )
             return int(next(iter(rows))[0])
@@ -595,15 +609,20 @@ class Store:
             token_expires_at=r["token_expires_at"],
         )
 
-    async def mark_delivered(self, job_id: int) -> bool:
-        """Claim delivery of a finished job: True for exactly one caller, False for every
-        later one. Atomic in SQL (`WHERE delivered_at IS NULL`), so it holds across
-        connections too. Raises JobNotFound, or InvalidTransition for an unfinished job."""
+    async def mark_delivered(
+        self, job_id: int, *, channel_id: int | None = None, message_id: int | None = None
+    ) -> bool:
+        """Record that Discord confirmed the job's result (or its failure notice) in
+        `message_id`. Call it only after the confirmation: a crash before it means the result
+        is sent again after the restart (the sender looks before it posts twice). True for the
+        first caller, False once recorded. Raises JobNotFound, or InvalidTransition for an
+        unfinished job."""
         async with self._lock:
             rows = await self._rows(
-                "UPDATE jobs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL"
+                "UPDATE jobs SET delivered_at = ?, channel_id = COALESCE(?, channel_id),"
+                " message_id = COALESCE(?, message_id) WHERE id = ? AND delivered_at IS NULL"
                 " AND state IN ('done', 'failed', 'cancelled') RETURNING id",
-                (self._clock(), job_id),
+                (self._clock(), channel_id, message_id, job_id),
             )
             if rows:
                 return True
@@ -615,6 +634,36 @@ class Store:
                     job_id, JobState(state), JobState(state), "only a finished job is delivered"
                 )
             return False
+
+    async def give_up_delivery(self, job_id: int, reason: str) -> int | None:
+        """Discord never accepted the result: settle the delivery, and a done job becomes
+        failed with `reason` (its images stay on disk and in job_images, for /history).
+        Returns the job's rate event id, to refund; None if already settled or uncharged."""
+        async with self._lock, self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "UPDATE jobs SET delivered_at = ?,"
+                    " error = CASE WHEN state = 'done' THEN ? ELSE error END,"
+                    " state = CASE WHEN state = 'done' THEN 'failed' ELSE state END"
+                    " WHERE id = ? AND delivered_at IS NULL"
+                    " AND state IN ('done', 'failed', 'cancelled') RETURNING rate_event_id",
+                    (self._clock(), reason, job_id),
+                )
+            )
+            if not rows:
+                if await _scalar(db, "SELECT 1 FROM jobs WHERE id = ?", (job_id,)) is None:
+                    raise JobNotFound(job_id)
+                return None
+            event: int | None = rows[0][0]
+            return event
+
+    async def rate_event_of(self, job_id: int) -> int | None:
+        """The rate-limit charge recorded with the job (None: exempt, or none recorded)."""
+        async with self._lock:
+            event: int | None = await _scalar(
+                self._db, "SELECT rate_event_id FROM jobs WHERE id = ?", (job_id,)
+            )
+            return event
 
     async def undelivered_finished_jobs(self) -> list[JobRecord]:
         """Done or failed jobs whose result was never delivered (re-delivery after restart),
@@ -883,7 +932,8 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
 def _record(row: sqlite3.Row, images: list[StoredImage] | None) -> JobRecord:
     state = JobState(row["state"])
     outcome = None
-    if state is JobState.DONE:
+    # A failed job may keep images too: made, but never accepted by Discord.
+    if state is JobState.DONE or (images and row["elapsed_s"] is not None):
         outcome = JobOutcome(
             images=tuple(images or ()),
             grid_path=row["grid_path"],

@@ -6,19 +6,22 @@ same rules and counts against the limits of whoever asked.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import random
 import re
+import sqlite3
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.errors import BlockedWord, ChannelNotAllowed
 from bot.limits import RateLimiter
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import DeliveryTarget, Store
+from inference.errors import StorageUnavailableError
 from inference.jobs import Owner
 from inference.queue import JobHandle, JobQueue
-from inference.requests import MAX_SEED, RequestOptions, TokenCounter, resolve_request
+from inference.requests import RequestOptions, TokenCounter, resolve_request
 from inference.types import GenerationRequest, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -84,23 +87,69 @@ class Submitter:
         await self.check_channel_and_words(actor, [request.prompt])
         return request
 
-    async def submit(self, request: GenerationRequest, actor: Actor) -> JobHandle:
-        """Count the images against the limits, then queue; refund if the queue refuses."""
+    async def prepare_reroll(self, request: GenerationRequest, actor: Actor) -> GenerationRequest:
+        """A re-roll is the re-roller's own new job: the same options, a new seed, checked
+        against today's limits, channel rules and blocklist like any /imagine."""
+        options = RequestOptions(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            guidance=request.guidance,
+            sampler=request.sampler,
+            count=request.count,
+            model=request.model,
+        )
+        return await self.prepare(options, actor)
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        actor: Actor,
+        target: DeliveryTarget,
+        *,
+        rerolled_from: int | None = None,
+    ) -> JobHandle:
+        """Count the images against the limits, then queue; refund if the queue refuses.
+
+        The job is recorded together with `target` (where its result goes) and its rate
+        charge, so it can be delivered, or refunded, whatever happens to Discord afterwards.
+        """
         queued_now = self.queue.count_of(actor.user_id)
-        event = await self.limiter.check_and_record(
-            actor.user_id, actor.guild_id, actor.role_ids, request.count, queued_now
+        try:
+            event = await self.limiter.check_and_record(
+                actor.user_id, actor.guild_id, actor.role_ids, request.count, queued_now
+            )
+        except sqlite3.OperationalError as error:
+            raise storage_unavailable(error) from error
+        record = functools.partial(
+            self.store.create_job,
+            target=target,
+            rate_event_id=event,
+            rerolled_from=rerolled_from,
         )
         try:
             return await self.queue.submit(
                 request,
                 Owner(actor.user_id, actor.guild_id),
                 previews=self.settings.progress.previews,
+                record=record,
             )
-        except BaseException:
-            await self.limiter.refund(event)
+        except BaseException as error:
+            with contextlib.suppress(sqlite3.Error):
+                await self.limiter.refund(event)
+            if isinstance(error, sqlite3.OperationalError):
+                raise storage_unavailable(error) from error
             raise
 
-    def reroll_of(self, request: GenerationRequest) -> GenerationRequest:
-        """Same parameters, a new seed."""
-        seed = random.SystemRandom().randint(0, MAX_SEED - request.count)
-        return replace(request, seed=seed)
+
+def storage_unavailable(error: sqlite3.OperationalError) -> StorageUnavailableError:
+    """SQLite could not write (disk full, read-only file): the user gets the storage message."""
+    logger.error("the database refused a write: %s", error)
+    if "full" in str(error):
+        return StorageUnavailableError("the bot's disk is full; an operator has been told")
+    return StorageUnavailableError(
+        "the bot cannot save anything right now (its storage refuses writes); "
+        "an operator has been told"
+    )

@@ -57,5 +57,9 @@ class NotYourJobError(InferenceError):
     """Only the requester or a moderator may cancel a job."""
 
 
+class StorageUnavailableError(InferenceError):
+    """The bot cannot keep images: its disk is full or its output folder refuses writes."""
+
+
 class GenerationFailedError(InferenceError):
     """The generation itself failed (out of memory after the retry, a backend error)."""

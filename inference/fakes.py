@@ -38,6 +38,9 @@ class FakeGenerator:
     def model_info(self, name: str) -> ModelInfo:
         return ModelInfo(name, "sd1", "base", "folder", 64, 4, 7.0, "Euler a")
 
+    def warm_up(self, model: str) -> None:
+        return None
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],

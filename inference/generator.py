@@ -136,6 +136,14 @@ class DiffusersGenerator:
             )
         return self._infos[name]
 
+    def warm_up(self, model: str) -> None:
+        """Import diffusers and transformers, build the tokenizers, load `model`: everything
+        that would otherwise make the first job (and, through the GIL, the event loop) slow."""
+        from inference.tokens import count_prompt_tokens
+
+        count_prompt_tokens("warm up")
+        self.load(model)
+
     def loaded_models(self) -> tuple[str, ...]:
         return tuple(self._loaded)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from inference.errors import (
     JobNotFoundError,
     NotYourJobError,
     QueueFullError,
+    StorageUnavailableError,
 )
 from inference.eta import SpeedModel
 from inference.fairness import WaitingJob, fair_order, next_batch, record_turns
@@ -35,6 +38,11 @@ from inference.types import GenerationRequest, GenerationResult, ImageGenerator,
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.1  # progress events handed to the event loop at most this often
+
+# Records a new job in the journal and returns its id. The default is the journal's own
+# create_job; a caller passes its own to store more with the job in the same transaction
+# (where the result goes, what it was charged) before the job can run.
+JobRecorder = Callable[[Owner, GenerationRequest], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -163,16 +171,26 @@ class JobQueue:
         self._wake = asyncio.Event()
         self._submit_lock = asyncio.Lock()
         self._closing = False
+        self._closed = False
         self._worker: asyncio.Task[None] | None = None
         # One thread owns every pipeline: diffusers pipelines are not thread-safe.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
         self.recovered: list[JobHandle] = []
+        # Set while the output folder cannot be written (disk full, read-only): new jobs are
+        # refused with the same message until a probe write succeeds again.
+        self.storage_error: StorageUnavailableError | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Rebuild the queue from the journal, then start the worker."""
+    async def start(self, *, warm_up_model: str | None = None) -> None:
+        """Rebuild the queue from the journal, then start the worker.
+
+        `warm_up_model`: load it on the worker's thread first (imports included), so the
+        first jobs, and the event loop that shares the GIL with loading, are not slowed."""
         self.settings.output_dir.mkdir(parents=True, exist_ok=True)
+        if warm_up_model is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.generator.warm_up, warm_up_model)
         for record in await self.journal.unfinished_jobs():
             await self._recover(record)
         self._worker = asyncio.create_task(self._work(), name="queue-worker")
@@ -194,8 +212,11 @@ class JobQueue:
     async def close(self, grace_s: float = 30.0) -> None:
         """Stop taking work; a running batch stops at its next step and goes back in line.
 
-        Waiting jobs stay queued in the journal and run after the next start.
+        Waiting jobs stay queued in the journal and run after the next start. Idempotent.
         """
+        if self._closed:
+            return
+        self._closed = True
         self._closing = True
         self._wake.set()
         if self._worker is not None:
@@ -217,11 +238,19 @@ class JobQueue:
     # --- the front door --------------------------------------------------------------------
 
     async def submit(
-        self, request: GenerationRequest, owner: Owner, *, previews: bool = True
+        self,
+        request: GenerationRequest,
+        owner: Owner,
+        *,
+        previews: bool = True,
+        record: JobRecorder | None = None,
     ) -> JobHandle:
+        """Queue a job; `record` creates its journal entry (default: journal.create_job)."""
         async with self._submit_lock:  # the caps are checked and taken in one step
             if self._closing:
                 raise QueueFullError("the bot is shutting down; try again in a minute")
+            if self.storage_error is not None:
+                await self._probe_storage()
             if len(self._waiting) >= self.settings.max_queued:
                 raise QueueFullError(
                     f"the queue is full ({len(self._waiting)} jobs); try again in a few minutes"
@@ -232,7 +261,7 @@ class JobQueue:
                     f"you already have {mine} jobs waiting (at most "
                     f"{self.settings.max_queued_per_user}); wait for one or /cancel one"
                 )
-            job_id = await self.journal.create_job(owner, request)
+            job_id = await (record or self.journal.create_job)(owner, request)
             handle = self._enqueue(job_id, owner, request)
             handle.wants_previews = previews
         logger.info("job %d: queued for user %d at %d", job_id, owner.user_id, handle.position)
@@ -371,12 +400,11 @@ class JobQueue:
                 ids = [h.job_id for h in batch]
                 logger.exception("jobs %s: bookkeeping failed after generation", ids)
                 for handle in batch:
-                    handle._finish(
-                        JobState.FAILED,
-                        None,
-                        GenerationFailedError(f"generation failed (job {handle.job_id})"),
-                    )
-                    self._forget(handle)
+                    if not handle.done():
+                        await self._fail(
+                            handle,
+                            GenerationFailedError(f"generation failed (job {handle.job_id})"),
+                        )
             finally:
                 self._running = []
 
@@ -445,13 +473,40 @@ class JobQueue:
             if result is None:
                 await self._put_back_or_cancel(handle)
                 continue
+            await self._complete(handle, result)
+
+    async def _complete(self, handle: JobHandle, result: GenerationResult) -> None:
+        """Keep the images on disk, then record the job done; a storage error fails it."""
+        try:
             outcome = await asyncio.to_thread(
                 save_outcome, self.settings.output_dir, handle.job_id, result
             )
-            await self.journal.mark_done(handle.job_id, outcome)
-            handle._finish(JobState.DONE, result, None)
-            self._forget(handle)
-            logger.info("job %d: done in %.2f s", handle.job_id, result.elapsed_s)
+        except OSError as error:
+            self.storage_error = storage_failure(error)
+            # One line for the operator; the user is told by the job's failure notice.
+            logger.error(
+                "job %d: cannot save images in %s: %s",
+                handle.job_id,
+                self.settings.output_dir,
+                error.strerror or error,
+            )
+            await self._fail(handle, self.storage_error)
+            return
+        self.storage_error = None
+        await self.journal.mark_done(handle.job_id, outcome)
+        handle._finish(JobState.DONE, result, None)
+        self._forget(handle)
+        logger.info("job %d: done in %.2f s", handle.job_id, result.elapsed_s)
+
+    async def _probe_storage(self) -> None:
+        """After a storage error: can the output folder be written again? Raises if not."""
+        try:
+            await asyncio.to_thread(_probe_write, self.settings.output_dir)
+        except OSError as error:
+            self.storage_error = storage_failure(error)
+            raise self.storage_error from None
+        logger.info("storage in %s is writable again", self.settings.output_dir)
+        self.storage_error = None
 
     async def _put_back_or_cancel(self, handle: JobHandle) -> None:
         if handle.cancel_requested:
@@ -464,7 +519,12 @@ class JobQueue:
             logger.info("job %d: put back in the queue for the next start", handle.job_id)
 
     async def _fail(self, handle: JobHandle, error: InferenceError) -> None:
-        await self.journal.mark_failed(handle.job_id, str(error))
+        try:
+            await self.journal.mark_failed(handle.job_id, str(error))
+        except Exception:
+            # The journal itself is failing (e.g. the disk is full): the job still ends here,
+            # and the next start finds its row unfinished and runs it again.
+            logger.exception("job %d: could not record the failure", handle.job_id)
         handle._finish(JobState.FAILED, None, error)
         self._forget(handle)
 
@@ -479,14 +539,35 @@ class JobQueue:
             logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
+def storage_failure(error: OSError) -> StorageUnavailableError:
+    """What users are told when the bot cannot keep their images."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageUnavailableError("the bot's disk is full; an operator has been told")
+    return StorageUnavailableError(
+        "the bot cannot save images right now (its storage refuses writes); "
+        "an operator has been told"
+    )
+
+
+def _probe_write(directory: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-") as probe:
+        probe.write(b"x" * 4096)
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
 def save_outcome(output_dir: Path, job_id: int, result: GenerationResult) -> JobOutcome:
     """Write the PNGs (atomically: a crash leaves no half file) and describe them."""
 
     def write(name: str, data: bytes) -> str:
         path = output_dir / name
         temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a full disk must not keep half files
+            raise
         return str(path)
 
     images = tuple(

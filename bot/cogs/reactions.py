@@ -1,4 +1,5 @@
-"""🔄 re-rolls a result, ❌ deletes it (requester or moderator only)."""
+"""🔄 re-rolls a result, ❌ deletes it (requester or moderator only); deleting a job's message
+cancels the job."""
 
 from __future__ import annotations
 
@@ -28,3 +29,7 @@ class ReactionsCog(commands.Cog):
             await self.bot.actions.reroll_from_reaction(payload)
         elif emoji == DELETE:
             await self.bot.actions.delete_from_reaction(payload)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self.bot.actions.message_deleted(payload.message_id)

@@ -55,15 +55,16 @@ async def test_imagine_defers_shows_progress_and_delivers_a_png(
 ) -> None:
     user = fake.add_user("imagine_defers_shows_pro")  # own rate-limit window
     final = await imagine(
-        fake, {"prompt": "a lighthouse at dusk", "steps": 12, "seed": 42}, user=user
+        fake, {"prompt": "a lighthouse at dusk", "steps": 80, "seed": 42}, user=user
     )
     image, info = parse_png(final.attachments[0].content)
     assert image.size == (64, 64)
     [sampler] = info.samplers
-    assert sampler.parameters["seed"] == "42" and sampler.parameters["steps"] == "12"
+    assert sampler.parameters["seed"] == "42" and sampler.parameters["steps"] == "80"
     assert [p.value for p in sampler.prompts] == ["a lighthouse at dusk"]
     contents = " ".join(final.contents)
-    assert "in the queue" in contents or "up next" in contents  # the queued answer
+    first = next(c for c in final.contents if c)  # after the deferred "thinking…" state
+    assert any(s in first for s in ("in the queue", "up next", "starting")), first
     assert "%" in contents and "step" in contents  # at least one progress edit
     embed = final.embeds[0]
     fields = {f["name"]: f["value"] for f in embed["fields"]}

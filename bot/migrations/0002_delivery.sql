@@ -1,0 +1,7 @@
+-- imagine-bot schema, version 2: nothing lost.
+-- rate_event_id: the rate-limit charge of the job, refunded when the user gets nothing (the
+-- generation failed, or Discord never accepted the result).
+-- delivered_at now means "delivery settled": set after Discord confirmed the result (or the
+-- failure notice), or when the bot gave up on Discord; then state is 'failed', error says so,
+-- and the job's images are kept.
+ALTER TABLE jobs ADD COLUMN rate_event_id INTEGER;
