@@ -87,7 +87,9 @@ def history_line(record: JobRecord, link: str | None) -> str:
         JobState.RUNNING: "🎨",
     }
     where = f" — [open]({link})" if link else ""
+    # Failure reasons are written for users (InferenceError texts, delivery give-ups).
+    why = f" — {clip(record.error, 160)}" if record.state is JobState.FAILED and record.error else ""
     return (
         f"{states[record.state]} **{record.id}** `{clip(record.request.prompt, 80)}` "
-        f"seed {record.request.seed}{where}"
+        f"seed {record.request.seed}{where}{why}"
     )

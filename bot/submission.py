@@ -6,11 +6,13 @@ same rules and counts against the limits of whoever asked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import re
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -57,6 +59,7 @@ class Submitter:
         self.limiter = limiter
         self.catalog = catalog
         self.count_tokens = count_tokens
+        self._user_locks = KeyedLocks()
 
     async def check_channel_and_words(self, actor: Actor, texts: list[str]) -> None:
         if actor.guild_id is None:
@@ -116,6 +119,19 @@ class Submitter:
         The job is recorded together with `target` (where its result goes) and its rate
         charge, so it can be delivered, or refunded, whatever happens to Discord afterwards.
         """
+        # One submission per user at a time: the queue count the limiter sees is then
+        # current, so a burst (🔄 toggled 30 times) is refused by the queue cap before it is
+        # charged, and the rate ledger never holds charges that are refunded a moment later.
+        async with self._user_locks.hold(actor.user_id):
+            return await self._submit(request, actor, target, rerolled_from)
+
+    async def _submit(
+        self,
+        request: GenerationRequest,
+        actor: Actor,
+        target: DeliveryTarget,
+        rerolled_from: int | None,
+    ) -> JobHandle:
         queued_now = self.queue.count_of(actor.user_id)
         try:
             event = await self.limiter.check_and_record(
@@ -142,6 +158,30 @@ class Submitter:
             if isinstance(error, sqlite3.OperationalError):
                 raise storage_unavailable(error) from error
             raise
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 def storage_unavailable(error: sqlite3.OperationalError) -> StorageUnavailableError:

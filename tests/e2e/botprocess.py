@@ -47,6 +47,9 @@ class BotProcess:
     log: Path
     process: asyncio.subprocess.Process | None = None
     starts: int = field(default=0)
+    # A command the bot runs under, e.g. ("unshare", "-rm", "sh", "-c", '... exec "$@"', "sh"):
+    # the bot's own command line is appended.
+    wrapper: tuple[str, ...] = ()
 
     async def start(self) -> None:
         env = {
@@ -60,6 +63,7 @@ class BotProcess:
         log.write(f"\n===== start {self.starts} =====\n")
         log.flush()
         self.process = await asyncio.create_subprocess_exec(
+            *self.wrapper,
             sys.executable,
             "-m",
             "bot",
@@ -97,9 +101,15 @@ async def start_bot(
     directory: Path,
     extra: str = "",
     timeout: float = BOT_START_TIMEOUT,  # noqa: ASYNC109
+    wrapper: tuple[str, ...] = (),
 ) -> BotProcess:
     """Start `imagine-bot run` against `fake` and wait until it is connected and synced."""
-    bot = BotProcess(write_config(directory, fake, tiny, extra), fake.token, directory / "bot.log")
+    bot = BotProcess(
+        write_config(directory, fake, tiny, extra),
+        fake.token,
+        directory / "bot.log",
+        wrapper=wrapper,
+    )
     await bot.start()
     try:
         await wait_until_ready(fake, bot, timeout)

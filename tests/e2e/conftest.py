@@ -31,9 +31,13 @@ edit_interval_s = 0.2
 
 
 async def start_bot(
-    fake: FakeDiscord, tiny: TinyModel, directory: Path, extra: str = ""
+    fake: FakeDiscord,
+    tiny: TinyModel,
+    directory: Path,
+    extra: str = "",
+    wrapper: tuple[str, ...] = (),
 ) -> BotProcess:
-    return await botprocess.start_bot(fake, tiny, directory, TEST_SPEED + extra)
+    return await botprocess.start_bot(fake, tiny, directory, TEST_SPEED + extra, wrapper=wrapper)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

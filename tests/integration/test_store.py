@@ -631,3 +631,53 @@ async def test_rate_event_window_sums_and_pruning(tmp_path: Path) -> None:
         assert await store.prune_rate_events(before=300.0) == 2
         assert await store.rate_images_since(user_id=1, since=0) == 3
         assert await store.rate_images_since(user_id=2, since=0) == 4
+
+
+async def test_a_job_is_created_with_its_delivery_target_and_rate_charge(tmp_path: Path) -> None:
+    """Where the result goes is stored with the job, before it can run: a restart or a
+    failing Discord can then still deliver it, or refund it."""
+    db = tmp_path / "bot.db"
+    target = DeliveryTarget(0, 10, None, "tok", 99, 1_700_000_900.0)
+    async with opened(db) as store:
+        job_id = await store.create_job(OWNER, request(), target=target, rate_event_id=77)
+    async with opened(db) as store:
+        assert await store.get_delivery_target(job_id) == DeliveryTarget(
+            job_id, 10, None, "tok", 99, 1_700_000_900.0
+        )
+        assert await store.rate_event_of(job_id) == 77
+
+
+async def test_mark_delivered_records_the_confirmed_message(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        job_id = await store.create_job(OWNER, request(), channel_id=10)
+        await store.mark_running(job_id)
+        await store.mark_done(job_id, outcome(job_id))
+        assert await store.mark_delivered(job_id, channel_id=11, message_id=555)
+        target = await store.get_delivery_target(job_id)
+        assert target is not None and (target.channel_id, target.message_id) == (11, 555)
+        assert (await store.job_by_message(555)).id == job_id  # type: ignore[union-attr]
+
+
+async def test_giving_up_a_delivery_fails_the_job_keeps_images_and_returns_the_charge(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        job_id = await store.create_job(OWNER, request(), channel_id=10, rate_event_id=5)
+        await store.mark_running(job_id)
+        await store.mark_done(job_id, outcome(job_id))
+        assert await store.give_up_delivery(job_id, "not delivered: Discord said no") == 5
+        assert await store.give_up_delivery(job_id, "again") is None  # settled once
+        assert await store.mark_delivered(job_id) is False
+        with pytest.raises(JobNotFound):
+            await store.give_up_delivery(4242, "x")
+    async with opened(db) as store:
+        job = await store.get_job(job_id)
+        assert job is not None and job.state is JobState.FAILED
+        assert job.error == "not delivered: Discord said no"
+        assert job.outcome is not None and job.outcome.images == outcome(job_id).images
+        assert await store.undelivered_finished_jobs() == []  # nothing re-sent after restart
+        failed = await _finished_job(store, JobState.FAILED)
+        assert await store.give_up_delivery(failed, "x") is None  # a notice: state unchanged
+        job = await store.get_job(failed)
+        assert job is not None and job.state is JobState.FAILED and job.error == "boom"

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import errno
 import threading
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from inference.errors import (
     GenerationFailedError,
     NotYourJobError,
     QueueFullError,
+    StorageUnavailableError,
 )
 from inference.fakes import FakeGenerator
 from inference.jobs import JobState, Owner
-from inference.queue import JobHandle, JobQueue, QueueSettings
+from inference.queue import JobHandle, JobQueue, QueueSettings, storage_failure
 from inference.types import GenerationRequest
 from tests.memory_journal import MemoryJournal
 
@@ -237,3 +239,58 @@ async def test_close_puts_the_running_job_back(tmp_path: Path) -> None:
     await until_running(handle)
     await queue.close()
     assert journal.jobs[handle.job_id].state is JobState.QUEUED
+
+
+async def test_a_storage_error_fails_the_job_in_the_journal_and_refuses_new_jobs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disk full or read-only outputs: the job ends failed in the journal (not only in
+    memory), with the message users see; new jobs get the same message until the output
+    folder can be written again."""
+    queue, journal = make_queue(tmp_path)
+    async with queue:
+        out = tmp_path / "out"
+        out.rmdir()
+        out.write_text("not a folder any more")  # every write under it fails (even as root)
+        handle = await queue.submit(request(), Owner(1))
+        with pytest.raises(StorageUnavailableError) as failure:
+            await handle.result()
+        assert "operator has been told" in str(failure.value)
+        record = journal.jobs[handle.job_id]
+        assert record.state is JobState.FAILED and record.error == str(failure.value)
+        assert len(queue) == 0 and queue.jobs_of(1) == []
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and f"job {handle.job_id}" in errors[0].getMessage()
+
+        with pytest.raises(StorageUnavailableError):
+            await queue.submit(request(seed=2), Owner(2))
+        assert len(journal.jobs) == 1  # refused before anything was recorded
+
+        out.unlink()
+        out.mkdir()  # the operator fixed it
+        again = await queue.submit(request(seed=3), Owner(2))
+        assert (await again.result()).images
+        assert journal.jobs[again.job_id].state is JobState.DONE
+
+
+async def test_disk_full_is_named_as_such() -> None:
+    full = storage_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert str(full) == "the bot's disk is full; an operator has been told"
+    read_only = storage_failure(OSError(errno.EROFS, "Read-only file system"))
+    assert "refuses writes" in str(read_only)
+
+
+async def test_a_custom_recorder_creates_the_job(tmp_path: Path) -> None:
+    """The bot stores where a result goes in the same step as the job (submit's `record`)."""
+    queue, journal = make_queue(tmp_path)
+    seen: list[tuple[Owner, GenerationRequest]] = []
+
+    async def record(owner: Owner, req: GenerationRequest) -> int:
+        seen.append((owner, req))
+        return await journal.create_job(owner, req)
+
+    async with queue:
+        handle = await queue.submit(request(seed=9), Owner(4), record=record)
+        await handle.result()
+    assert seen == [(Owner(4), request(seed=9))]
+    assert journal.jobs[handle.job_id].state is JobState.DONE
