@@ -88,7 +88,8 @@ def history_line(record: JobRecord, link: str | None) -> str:
     }
     where = f" — [open]({link})" if link else ""
     # Failure reasons are written for users (InferenceError texts, delivery give-ups).
-    why = f" — {clip(record.error, 160)}" if record.state is JobState.FAILED and record.error else ""
+    failed = record.state is JobState.FAILED and record.error
+    why = f" — {clip(record.error or '', 160)}" if failed else ""
     return (
         f"{states[record.state]} **{record.id}** `{clip(record.request.prompt, 80)}` "
         f"seed {record.request.seed}{where}{why}"
