@@ -1,8 +1,8 @@
 """A process that runs the real store and queue and "delivers" results to a file.
 
 The crash-safety test starts it, SIGKILLs it mid-work, starts it again and checks that every
-job is delivered exactly once. Delivery follows the bot's rule: claim with
-Store.mark_delivered, then send.
+job is delivered exactly once. Delivery follows the bot's rule (bot/delivery.py): send, looking
+first whether an earlier send went out, and record with Store.mark_delivered only after.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ def request(seed: int) -> GenerationRequest:
 
 
 async def deliver(store: Store, job_id: int, log: Path) -> None:
-    if await store.mark_delivered(job_id):
+    already_sent = log.exists() and str(job_id) in log.read_text().split()  # look first
+    if not already_sent:
         with log.open("a") as file:
             file.write(f"{job_id}\n")
             file.flush()
             os.fsync(file.fileno())
+    await store.mark_delivered(job_id)  # only after the "send" is confirmed
 
 
 async def follow(handle: JobHandle, store: Store, log: Path) -> None:
