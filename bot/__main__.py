@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bot")
 
 
+# Interaction and webhook tokens are live credentials (anyone holding one can post as the bot
+# for 15 minutes). discord.py's DEBUG lines carry them in request URLs
+# (/interactions/{id}/{token}/callback, /webhooks/{app_id}/{token}/messages/...) and in
+# gateway payloads ('token': '...'), so they are redacted by shape, not by value. Discord's
+# interaction tokens are base64 of "interaction:…", which catches them anywhere else too.
+_TOKEN_PATTERNS = (
+    re.compile(r"()aW50ZXJhY3Rpb246[A-Za-z0-9_\-]+"),
+    re.compile(r"(/interactions/\d+/)[^/?#\s'\"]+"),
+    re.compile(r"(/webhooks/\d+/)[^/?#\s'\"]+"),
+    re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+"""),
+)
+REDACTED = "[redacted]"
+
+
 class RedactSecrets(logging.Filter):
     """Defence in depth: even if a secret reaches a log call, it never reaches the log."""
 
@@ -23,13 +38,28 @@ class RedactSecrets(logging.Filter):
         super().__init__()
         self.secrets = [s for s in secrets if len(s) >= 8]
 
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern in _TOKEN_PATTERNS:
+            text = pattern.sub(rf"\g<1>{REDACTED}", text)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        try:
             message = record.getMessage()
-            if any(secret in message for secret in self.secrets):
-                for secret in self.secrets:
-                    message = message.replace(secret, "[redacted]")
-                record.msg, record.args = message, None
+        except Exception:  # a malformed log call: the formatter reports it
+            return True
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        # A traceback can quote a URL too (aiohttp errors do).
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return True
 
 
@@ -43,7 +73,9 @@ def configure_logging(level: str, secrets: list[str] | None = None) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets or []))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for noisy in ("discord.gateway", "discord.http", "httpx", "urllib3"):
+    # aiosqlite's DEBUG lines repeat every SQL statement with its parameters: prompts, user
+    # ids and stored interaction tokens.
+    for noisy in ("discord.gateway", "discord.http", "httpx", "urllib3", "aiosqlite"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.INFO))
 
 
@@ -93,27 +125,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(settings: Settings) -> int:
-    import discord
-
     from bot.app import run_bot
-    from inference.errors import InferenceError
+    from bot.startup import explain_startup_error
 
     try:
         asyncio.run(run_bot(settings))
     except KeyboardInterrupt:
         pass
-    except InferenceError as error:  # e.g. a configured model that cannot be used
-        print(f"imagine-bot: {error}", file=sys.stderr)
-        return 2
-    except discord.LoginFailure:
-        print(
-            "imagine-bot: Discord rejected the bot token. Reset it in the developer portal "
-            "(Bot > Reset Token) and set DISCORD_TOKEN to the new one.",
-            file=sys.stderr,
-        )
-        return 2
-    except discord.PrivilegedIntentsRequired:
-        print("imagine-bot: Discord refused the gateway intents.", file=sys.stderr)
+    except Exception as error:
+        # What the operator can fix (a bad token, no network, a damaged database, a data
+        # directory the bot cannot write, an unusable model) is one line, not a traceback.
+        message = explain_startup_error(error, settings)
+        if message is None:
+            raise
+        print(f"imagine-bot: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from bot.client import ImagineBot, Services, point_discord_at
 from bot.limits import LimitPolicy, RateLimiter
 from bot.settings import Settings
+from bot.startup import prepare_data_dir
 from bot.store import Store
 from bot.submission import Submitter
 from inference.generator import DiffusersGenerator
@@ -20,6 +21,7 @@ from inference.tokens import count_prompt_tokens
 logger = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 600.0
+CLOSE_TIMEOUT_S = 10.0
 
 
 def limit_policy(settings: Settings) -> LimitPolicy:
@@ -50,7 +52,7 @@ def queue_settings(settings: Settings) -> QueueSettings:
 async def run_bot(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM or the gateway closes; then shut down cleanly."""
     point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)  # 0700, files 0600 (umask 077)
     generator = DiffusersGenerator(settings.model_specs(), settings.runtime)
     # Fail at start, with the model named, rather than on somebody's first /imagine.
     for spec in settings.models:
@@ -97,9 +99,14 @@ async def run_bot(settings: Settings) -> None:
         # already uploading finish, then leave Discord.
         await queue.close()
         unsent = await bot.delivery.drain()
-        await bot.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        try:
+            await asyncio.wait_for(bot.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("Discord did not close the connection in time; leaving anyway")
+        # With the gateway down, discord.py may be asleep in its reconnect back-off (minutes):
+        # do not wait it out.
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
     if unsent:
         logger.warning(
             "stopped; %d result(s) not yet confirmed by Discord are sent after the next start",

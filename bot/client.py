@@ -16,7 +16,7 @@ from bot.cogs.history import HistoryCog
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.reactions import ReactionsCog
 from bot.delivery import Deliverer, DeliveryPolicy, ResultView
-from bot.errors import user_message
+from bot.errors import fit_to_discord, user_message
 from bot.limits import RateLimiter
 from bot.settings import Settings
 from bot.store import Store
@@ -52,7 +52,9 @@ class ImagineBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             intents=intents,
             guild_ready_timeout=guild_ready_timeout,
-            allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+            # Prompts are echoed into messages: by default nothing pings anyone. A send that
+            # should ping the requester allows exactly that user.
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.services = services
         delivery = services.settings.delivery
@@ -108,6 +110,7 @@ class ImagineBot(commands.Bot):
 
     @staticmethod
     async def reply_ephemeral(interaction: discord.Interaction, text: str) -> None:
+        text = fit_to_discord(text)  # an over-long reply would be refused: the user gets nothing
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

@@ -214,16 +214,16 @@ class RateLimiter:
             waits.append((_until(at, limits.guild_window_s, now), "guild"))
         retry_after, scope = max(waits)
         if scope == "user":
-            reason = (
-                f"You've reached {limits.images_per_window} images per {window};"
-                f" you can generate again {format_wait(retry_after)}."
+            reason = _over_limit_text(
+                "You've", decision.user_used, limits.images_per_window, window, images
             )
         else:
-            reason = (
-                f"This server has reached {guild_cap} images per"
-                f" {_window_text(limits.guild_window_s)}; you can generate again"
-                f" {format_wait(retry_after)}."
+            assert guild_cap is not None and decision.guild_used is not None
+            window = _window_text(limits.guild_window_s)
+            reason = _over_limit_text(
+                "This server has", decision.guild_used, guild_cap, window, images
             )
+        reason += f" You can generate again {format_wait(retry_after)}."
         raise RateLimited(retry_after, reason, scope)
 
     async def refund(self, event_id: int | None) -> bool:
@@ -240,6 +240,17 @@ class RateLimiter:
         if longest_override is not None:
             keep = max(keep, longest_override)
         return await self._store.prune_rate_events(self._clock() - keep)
+
+
+def _over_limit_text(who: str, used: int, limit: int, window: str, images: int) -> str:
+    """What the ledger says, exactly: used up, or not used up but too few left for this."""
+    if used >= limit:
+        return f"{who} reached {limit} images per {window}."
+    left = limit - used
+    return (
+        f"{who} used {used} of {limit} images per {window}; {images} more would go over"
+        f" (ask for at most {left} now)."
+    )
 
 
 def _until(at: float | None, window_s: float, now: float) -> float:

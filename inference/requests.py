@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,17 @@ from inference.types import GenerationRequest, ModelInfo
 MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit; keeps seeds portable between tools
 PROMPT_TOKEN_LIMIT = 75  # CLIP reads 77 tokens, two of which are start/end markers
 ASPECT_CHOICES = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
+# Model, sampler and aspect names are short; an error quotes what was typed, so a longer one
+# is refused by its length alone. 100 is also Discord's cap on an autocomplete choice's name.
+MAX_NAME_CHARS = 100
+
+# Characters that show nothing: controls, format characters (zero-width space/joiners, word
+# joiner, BOM, bidi marks), separators, plus blank letters and variation selectors. Not "Cn":
+# an emoji newer than Python's Unicode tables is unassigned to it, yet visible.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+_INVISIBLE_EXTRA = frozenset(
+    "\u115f\u1160\u3164\uffa0\u2800" + "".join(chr(c) for c in range(0xFE00, 0xFE10))
+)
 
 TokenCounter = Callable[[str], int]
 
@@ -51,6 +63,35 @@ class RequestOptions:
     sampler: str | None = None
     count: int | None = None
     model: str | None = None
+
+    def __post_init__(self) -> None:
+        for field, value in (
+            ("model", self.model),
+            ("sampler", self.sampler),
+            ("aspect_ratio", self.aspect_ratio),
+        ):
+            if value is not None and len(value) > MAX_NAME_CHARS:
+                raise InvalidRequestError(
+                    field, f"is {len(value):,} characters; no name is longer than {MAX_NAME_CHARS}"
+                )
+
+
+def clean_text(text: str) -> str:
+    """`text` on one line: whitespace runs (newlines, tabs) become one space, and other
+    control characters (NUL, ESC, DEL, C1) and lone surrogates are dropped. What is left can
+    go into a PNG text chunk, a Discord message and a log line without surprises."""
+    kept = "".join(
+        char for char in text if char.isspace() or unicodedata.category(char) not in ("Cc", "Cs")
+    )
+    return " ".join(kept.split())
+
+
+def is_blank(text: str) -> bool:
+    """True if `text` shows nothing: only whitespace, controls and invisible characters."""
+    return all(
+        char in _INVISIBLE_EXTRA or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+        for char in text
+    )
 
 
 def parse_aspect_ratio(text: str) -> tuple[int, int]:
@@ -102,14 +143,20 @@ def resolve_request(
     rng: random.Random | None = None,
 ) -> GenerationRequest:
     """Fill defaults from the model and check every option. Raises InvalidRequestError."""
-    prompt = " ".join(options.prompt.split())
+    prompt = clean_text(options.prompt)
     if not prompt:
         raise InvalidRequestError("prompt", "is empty; describe the image you want")
+    if is_blank(prompt):
+        raise InvalidRequestError(
+            "prompt", "has only invisible characters; describe the image you want"
+        )
     if len(prompt) > limits.max_prompt_chars:
         raise InvalidRequestError(
             "prompt", f"is {len(prompt)} characters; at most {limits.max_prompt_chars} allowed"
         )
-    negative = " ".join((options.negative_prompt or "").split())
+    negative = clean_text(options.negative_prompt or "")
+    if is_blank(negative):
+        negative = ""
     if count_tokens is not None:
         for field, text in (("prompt", prompt), ("negative", negative)):
             tokens = count_tokens(text)

@@ -1,4 +1,5 @@
-"""/imagine-admin: per-guild channels, prompt blocklist and limits (Manage Server only)."""
+"""/imagine-admin: per-guild channels, prompt blocklist and limits (Manage Server or a
+configured moderator role)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,27 @@ if TYPE_CHECKING:
     from bot.client import ImagineBot
 
 
+class AdminOnly(UserFacingError, app_commands.CheckFailure):
+    """A member without the rights used /imagine-admin. A CheckFailure, so discord.py hands it
+    to the tree's error handler, which shows its text like any UserFacingError."""
+
+
+def may_administer(member: discord.abc.User, moderator_role_ids: frozenset[int]) -> bool:
+    if not isinstance(member, discord.Member):
+        return False
+    if member.guild_permissions.manage_guild:
+        return True
+    return any(role.id in moderator_role_ids for role in member.roles)
+
+
+def refusal(moderator_role_ids: frozenset[int]) -> str:
+    needed = "the **Manage Server** permission"
+    if moderator_role_ids:
+        roles = ", ".join(f"<@&{role_id}>" for role_id in sorted(moderator_role_ids))
+        needed += f" or one of the moderator roles {roles}"
+    return f"/imagine-admin changes this server's settings: it needs {needed}."
+
+
 class AdminCog(commands.Cog):
     admin = app_commands.Group(
         name="imagine-admin",
@@ -26,6 +48,15 @@ class AdminCog(commands.Cog):
 
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Runs before every command of this cog. `default_permissions` above only hides the
+        commands by default: a server can hand them to anyone in its integration settings, so
+        the rights are checked here, by the bot, every time."""
+        moderator_role_ids = self.bot.services.settings.discord.moderator_role_ids
+        if not may_administer(interaction.user, moderator_role_ids):
+            raise AdminOnly(refusal(moderator_role_ids))
+        return True
 
     async def _settings(self, interaction: discord.Interaction) -> GuildSettings:
         if interaction.guild_id is None:

@@ -54,12 +54,15 @@ class HistoryCog(commands.Cog):
         )
 
     @app_commands.command(name="reroll")
-    @app_commands.describe(job="The job number from /history")
+    @app_commands.describe(job="The job number from /history or an image's footer")
     async def reroll(self, interaction: discord.Interaction, job: int) -> None:
-        """Generate one of your earlier images again with a new seed"""
+        """Generate an image again with a new seed, as your own new job"""
         record = await self.bot.services.store.get_job(job)
-        if record is None or record.owner.user_id != interaction.user.id:
-            raise NotFound(f"you have no job {job}; see /history for your jobs.")
+        # The rule of 🔄 and the button: anything posted in a server may be re-rolled by
+        # anyone there; a job from a DM only by its owner.
+        mine = record is not None and record.owner.user_id == interaction.user.id
+        if record is None or not (mine or record.owner.guild_id is not None):
+            raise NotFound(f"there is no job {job} you can re-roll; see /history for yours.")
         await self.bot.actions.reroll_job(interaction, record)
 
     @app_commands.command(name="queue")

@@ -285,3 +285,22 @@ async def test_prune_keeps_what_a_window_still_needs(tmp_path: Path) -> None:
         clock.advance(900)
         assert await limiter.prune() == 1
         assert await limiter._store.rate_images_since(user_id=USER, since=0) == 1
+
+
+async def test_the_refusal_says_what_the_ledger_holds(tmp_path) -> None:
+    """3 of 20 used and 20 more asked for: not "reached 20" but what is left."""
+    from bot.limits import LimitPolicy, RateLimited, RateLimiter
+    from bot.store import Store
+
+    async with await Store.open(tmp_path / "db.sqlite3") as store:
+        limiter = RateLimiter(store, LimitPolicy(20, 600.0, 5))
+        await limiter.check_and_record(1, None, (), 3, 0)
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check_and_record(1, None, (), 18, 0)
+        text = str(refused.value)
+        assert "reached" not in text
+        assert "used 3 of 20 images per 10 min" in text and "at most 17 now" in text
+        await limiter.check_and_record(1, None, (), 17, 0)
+        with pytest.raises(RateLimited) as refused:
+            await limiter.check_and_record(1, None, (), 1, 0)
+        assert "You've reached 20 images per 10 min" in str(refused.value)

@@ -1,9 +1,18 @@
 import random
+import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference.errors import InvalidRequestError
-from inference.requests import RequestLimits, RequestOptions, resolve_request, size_for_aspect
+from inference.requests import (
+    MAX_NAME_CHARS,
+    RequestLimits,
+    RequestOptions,
+    resolve_request,
+    size_for_aspect,
+)
 from inference.samplers import find_sampler, sampler_names
 from inference.types import ModelInfo
 
@@ -95,3 +104,57 @@ def test_sampler_names_match_loosely() -> None:
 def test_default_steps_respect_the_operator_cap() -> None:
     request = resolve_request(RequestOptions("x"), SD15, RequestLimits(max_steps=20))
     assert request.steps == 20
+
+
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff \t\n\u3000\u00a0\u202e\u2800\ufe0f\x00\x1b"
+
+
+@pytest.mark.parametrize(
+    "prompt", ["\u200b", "\u200b\u200c\u200d", "\ufeff\u2060 \u200b", "\x00\x1b", INVISIBLE]
+)
+def test_a_prompt_of_only_invisible_characters_is_refused(prompt: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        resolve(prompt=prompt)
+    assert caught.value.field == "prompt"
+
+
+@given(st.text(st.sampled_from(INVISIBLE), min_size=1))
+def test_any_invisible_prompt_is_refused_naming_the_prompt(prompt: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        resolve(prompt=prompt)
+    assert caught.value.field == "prompt"
+
+
+def test_control_characters_never_reach_the_request() -> None:
+    request = resolve(
+        prompt="a\x00 red\x1b[31m fox\x7f\x85\u009b\r\nat\tdusk",
+        negative_prompt="\x07blurry\x1b\x00,\nugly",
+    )
+    assert request.prompt == "a red[31m fox at dusk"
+    assert request.negative_prompt == "blurry, ugly"
+    # Visible text in any script, emoji sequences and bidi marks are the user's to keep.
+    text = "東京 🏳️\u200d🌈 \u202eevil"
+    assert resolve(prompt=text).prompt == text
+    assert resolve(negative_prompt="\u200b").negative_prompt == ""
+
+
+@given(st.text(), st.text())
+def test_no_control_character_survives_into_prompt_or_negative(prompt: str, negative: str) -> None:
+    try:
+        request = resolve(prompt=prompt, negative_prompt=negative)
+    except InvalidRequestError as error:
+        assert error.field == "prompt"
+        return
+    for text in (request.prompt, request.negative_prompt):
+        assert not any(unicodedata.category(c) in ("Cc", "Cs") for c in text), ascii(text)
+        assert text == text.strip()
+    assert request.prompt.encode("utf-8")  # fits a PNG iTXt chunk
+
+
+@pytest.mark.parametrize("field", ["model", "sampler", "aspect_ratio"])
+def test_an_over_long_name_is_refused_without_echoing_it(field: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        RequestOptions("a fox", **{field: "x" * 6000})
+    assert caught.value.field == field
+    assert "6,000 characters" in str(caught.value) and len(str(caught.value)) < 200
+    RequestOptions("a fox", **{field: "x" * MAX_NAME_CHARS})  # a long but sane name is fine
