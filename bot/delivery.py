@@ -21,6 +21,7 @@ Nothing lost, nothing twice, whatever Discord or the process does:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import logging
 import time
@@ -77,6 +78,7 @@ class FinalMessage:
 
     job_id: int
     user_id: int
+    created_at: float  # unix seconds; no post of this job can be older
     notice: str | None = None
     images: tuple[FittedImage, ...] = ()
     embed: discord.Embed | None = None
@@ -100,10 +102,11 @@ def mention_only(user_id: int) -> discord.AllowedMentions:
     )
 
 
-def result_nonce(job_id: int) -> str:
+def result_nonce(instance_id: str, job_id: int) -> str:
     # Discord keeps a nonce (at most 25 characters) for a few minutes: a retried post of the
-    # same result returns the first message instead of a second one.
-    return f"imagine-{job_id}"
+    # same result returns the first message instead of a second one. The database's own id
+    # keeps job 5 of a wiped database from matching the old job 5.
+    return f"{instance_id}-{job_id}"[:25]
 
 
 class ResultView(discord.ui.View):
@@ -229,21 +232,18 @@ class Deliverer:
     ) -> None:
         try:
             result = await handle.result()
-        except GenerationCancelled:
+        except InferenceError as error:  # cancelled, or failed: no images, no charge
             await self._refund(handle.job_id)
-            await self.deliver(
-                target, FinalMessage(handle.job_id, handle.owner.user_id, "🚫 Cancelled.")
-            )
-            return
-        except InferenceError as error:
-            await self._refund(handle.job_id)
-            notice = user_message(error)
-            await self.deliver(target, FinalMessage(handle.job_id, handle.owner.user_id, notice))
+            cancelled = isinstance(error, GenerationCancelled)
+            notice = "🚫 Cancelled." if cancelled else user_message(error)
+            final = FinalMessage(handle.job_id, handle.owner.user_id, handle.created_at, notice)
+            await self.deliver(target, final)
             return
         pngs = [image.png for image in result.images]
         message = await self._result_message(
             handle.job_id,
             handle.owner.user_id,
+            handle.created_at,
             result.request,
             pngs,
             result.elapsed_s,
@@ -256,6 +256,7 @@ class Deliverer:
         self,
         job_id: int,
         user_id: int,
+        created_at: float,
         request: GenerationRequest,
         pngs: list[bytes],
         elapsed_s: float,
@@ -271,7 +272,7 @@ class Deliverer:
         )
         fit_notes = sorted({f.note for f in fitted if f.note})
         embed = render.result_embed(request, job_id, elapsed_s, (*notes, *fit_notes))
-        return FinalMessage(job_id, user_id, images=fitted, embed=embed)
+        return FinalMessage(job_id, user_id, created_at, images=fitted, embed=embed)
 
     async def _show_progress(
         self, handle: JobHandle, target: DeliveryTarget, note: str | None
@@ -410,14 +411,14 @@ class Deliverer:
         try:
             async with asyncio.timeout(timeout):
                 earlier = await self._find_posted(target, final) if look_first else None
-                if earlier is not None:
+                if earlier is not None:  # posted before a crash, or its answer was lost
                     logger.info("job %d: found in the channel, already delivered", final.job_id)
                     return target, earlier, False
                 message = await self._post(
                     target,
                     **self._fields(final, edit=False),
                     allowed_mentions=mention,
-                    nonce=result_nonce(final.job_id),
+                    nonce=result_nonce(self.store.instance_id, final.job_id),
                 )
             return target, message, False
         except DISCORD_FAILURES as error:
@@ -455,18 +456,30 @@ class Deliverer:
     async def _find_posted(
         self, target: DeliveryTarget, final: FinalMessage
     ) -> discord.Message | None:
-        """The bot's earlier post of this result in the channel, if one went out."""
+        """The bot's earlier post of this result in the channel, if one went out. Without Read
+        Message History the search fails: then the post relies on its nonce alone."""
         assert target.channel_id is not None
         channel = self.bot.get_partial_messageable(target.channel_id)
         prefix = f"job-{final.job_id}-"
         marker = f"(job {final.job_id})"
-        async for message in channel.history(limit=HISTORY_LOOKBACK):
-            if self.bot.user is None or message.author.id != self.bot.user.id:
-                continue
-            if final.images and any(a.filename.startswith(prefix) for a in message.attachments):
-                return message
-            if final.notice is not None and marker in message.content:
-                return message
+        try:
+            # Only messages since the job was made: an older one is another job's (of a
+            # wiped database, say) that happens to have the same number.
+            since = discord.Object(discord.utils.time_snowflake(_utc(final.created_at)))
+            async for message in channel.history(limit=HISTORY_LOOKBACK, after=since):
+                if self.bot.user is None or message.author.id != self.bot.user.id:
+                    continue
+                if final.images and any(a.filename.startswith(prefix) for a in message.attachments):
+                    return message
+                if final.notice is not None and marker in message.content:
+                    return message
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as error:
+            logger.info(
+                "job %d: could not search channel %s: %s",
+                final.job_id,
+                target.channel_id,
+                describe_failure(error),
+            )
         return None
 
     async def _delivered(
@@ -488,7 +501,8 @@ class Deliverer:
             try:
                 await self._edit(
                     replace(target, interaction_token=None),
-                    content=f"✅ Done: {message.jump_url} (job {final.job_id})",  # type: ignore[union-attr]
+                    content=f"✅ Done: {self._link(target.channel_id, message_id)} "
+                    f"(job {final.job_id})",
                     attachments=[],
                 )
             except DISCORD_FAILURES as error:
@@ -498,6 +512,13 @@ class Deliverer:
                     describe_failure(error),
                 )
         await self._add_reactions(target.channel_id, message_id)
+
+    def _link(self, channel_id: int, message_id: int) -> str:
+        # A message from a partial channel does not know its guild: its jump_url would say
+        # @me (a DM). The guild comes from the channel cache.
+        guild = getattr(self.bot.get_channel(channel_id), "guild", None)
+        where = guild.id if guild is not None else "@me"
+        return f"https://discord.com/channels/{where}/{channel_id}/{message_id}"
 
     async def _give_up(self, final: FinalMessage, failures: list[str]) -> None:
         reason = "; ".join(failures[-2:]) or "unknown"
@@ -554,7 +575,9 @@ class Deliverer:
         user_id = record.owner.user_id
         if record.state is not JobState.DONE or record.outcome is None:
             notice = f"❌ {record.error or 'generation failed'}"
-            await self.deliver(target, FinalMessage(record.id, user_id, notice), look_first=True)
+            await self.deliver(
+                target, FinalMessage(record.id, user_id, record.created_at, notice), look_first=True
+            )
             return
         try:
             pngs = [
@@ -564,11 +587,14 @@ class Deliverer:
         except OSError as error:
             logger.error("job %d: its images are gone (%s)", record.id, error)
             notice = "❌ the finished images were lost on the bot's disk; please ask again"
-            await self.deliver(target, FinalMessage(record.id, user_id, notice), look_first=True)
+            await self.deliver(
+                target, FinalMessage(record.id, user_id, record.created_at, notice), look_first=True
+            )
             return
         message = await self._result_message(
             record.id,
             user_id,
+            record.created_at,
             record.request,
             pngs,
             record.outcome.elapsed_s,
@@ -576,6 +602,10 @@ class Deliverer:
             DEFAULT_UPLOAD_LIMIT,
         )
         await self.deliver(target, message, look_first=True)
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
 
 
 async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:

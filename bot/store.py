@@ -223,9 +223,12 @@ class Store:
     """The bot's database. Create with `await Store.open(path)`; close with `await close()`
     or use `async with await Store.open(path) as store:`."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, clock: Clock) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path, clock: Clock, instance_id: str = ""
+    ) -> None:
         # Use `open`: this only wraps a connection that is already configured and migrated.
         self._db = db
+        self.instance_id = instance_id  # random, per database file (see migration 0002)
         self._lock = asyncio.Lock()
         self._clock = clock
         self._closed = False
@@ -255,10 +258,11 @@ class Store:
             # commits, which the queue tolerates (jobs are re-run, deliveries re-sent).
             await db.execute("PRAGMA synchronous = NORMAL")
             await _migrate(db, path)
+            instance_id = str(await _scalar(db, "SELECT id FROM instance"))
         except BaseException:
             await db.close()
             raise
-        return cls(db, path, clock)
+        return cls(db, path, clock, instance_id)
 
     async def close(self) -> None:
         if self._closed:

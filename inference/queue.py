@@ -65,6 +65,7 @@ class JobHandle:
         self.job_id = job_id
         self.owner = owner
         self.request = request
+        self.created_at = time.time()  # unix seconds (a recovered job: when it was recovered)
         self.state = JobState.QUEUED
         self.progress: Progress | None = None
         self.error: InferenceError | None = None

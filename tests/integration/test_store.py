@@ -681,3 +681,17 @@ async def test_giving_up_a_delivery_fails_the_job_keeps_images_and_returns_the_c
         assert await store.give_up_delivery(failed, "x") is None  # a notice: state unchanged
         job = await store.get_job(failed)
         assert job is not None and job.state is JobState.FAILED and job.error == "boom"
+
+
+async def test_each_database_has_its_own_stable_instance_id(tmp_path: Path) -> None:
+    """Channel posts carry "<instance>-<job>" as a nonce: job 5 of a wiped database must not
+    match the old job 5, which Discord would answer with the old message."""
+    from bot.delivery import result_nonce
+
+    async with opened(tmp_path / "a.db") as a, opened(tmp_path / "b.db") as b:
+        assert a.instance_id and a.instance_id != b.instance_id
+        assert result_nonce(a.instance_id, 5) != result_nonce(b.instance_id, 5)
+        assert len(result_nonce(a.instance_id, 2**62)) <= 25  # Discord's nonce limit
+        first = a.instance_id
+    async with opened(tmp_path / "a.db") as a:
+        assert a.instance_id == first
