@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import os
 import platform
+import re
 import sqlite3
 import subprocess
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -96,3 +101,48 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+
+
+# --- helpers for the benchmarks that drive the bot against the local Discord ------------------
+
+JOB_IMAGE = re.compile(r"^job-(\d+)-(\d+)\.png$")  # the bot's result files: job-<id>-<i>.png
+
+
+def ms(seconds: float) -> str:
+    """Milliseconds for a table cell; ∞ for a call that never came."""
+    return "∞" if seconds == float("inf") else f"{seconds * 1000:.0f}"
+
+
+def jobs_shown(message: Any) -> set[int]:
+    """Job ids whose images a fake-Discord message carried in any of its revisions."""
+    found: set[int] = set()
+    for revision in message.history:
+        for attachment in revision.attachments:
+            match = JOB_IMAGE.match(attachment.filename)
+            if match:
+                found.add(int(match.group(1)))
+    return found
+
+
+def deliveries(messages: Iterable[Any]) -> Counter[int]:
+    """How many distinct messages carried each job's images (edits of one message count once;
+    deleted messages count: somebody saw them)."""
+    counts: Counter[int] = Counter()
+    for message in messages:
+        counts.update(jobs_shown(message))
+    return counts
+
+
+async def wait_quiet(fake: Any, quiet_s: float, timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait until the bot has sent no REST request for `quiet_s` (at most `timeout`); True if
+    it went quiet."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        last = fake.requests[-1].at if fake.requests else fake.clock.wall()
+        idle = fake.clock.wall() - last
+        if idle >= quiet_s:
+            return True
+        if loop.time() + (quiet_s - idle) > deadline:
+            return False
+        await asyncio.sleep(quiet_s - idle)

@@ -16,7 +16,14 @@ import pytest_asyncio
 from discord import app_commands
 from discord.ext import commands
 
-from tests.e2e.fakediscord import CallbackType, FakeDiscord, Intent, MessageFlag, pointed_at
+from tests.e2e.fakediscord import (
+    CallbackType,
+    FakeDiscord,
+    Intent,
+    MessageFlag,
+    pointed_at,
+    uploads_matching,
+)
 
 WAIT = 5.0  # every wait is bounded: a bug fails the test instead of hanging it
 
@@ -508,3 +515,186 @@ async def test_events_are_filtered_by_intents(harness: Harness) -> None:
     before = session.seq
     fake.post_message("nobody hears this")  # MESSAGE_CREATE needs guild_messages
     assert session.seq == before
+
+
+# --- injected faults -----------------------------------------------------------------------
+
+CREATE = r"/channels/\d+/messages$"
+
+
+def text_channel(harness: Harness) -> discord.TextChannel:
+    channel = harness.bot.get_channel(harness.fake.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    return channel
+
+
+async def test_failed_request_answers_discords_json_error(harness: Harness) -> None:
+    fake, channel = harness.fake, text_channel(harness)
+    rule = fake.fail_requests("POST", CREATE, status=403, code=50013, message="Missing Permissions")
+    with pytest.raises(discord.Forbidden) as raised:
+        await channel.send("refused")
+    assert raised.value.status == 403 and raised.value.code == 50013
+    assert raised.value.text == "Missing Permissions"  # discord.py parsed the JSON body
+    assert (await channel.send("the rule is used up")).content == "the rule is used up"
+    assert fake.messages_in()[-1].content == "the rule is used up"
+    ((method, status, fault),) = [(r.method, r.status, r.fault) for r in fake.faulted]
+    assert (method, status, fault) == ("POST", 403, "fail") and rule.hits == fake.faulted
+
+    forever = fake.fail_requests(None, r"/users/@me$", status=502, count=None)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {fake.token}"}) as session:
+        for _ in range(2):
+            async with session.get(f"{fake.rest_base}/users/@me") as response:
+                assert response.status == 502
+                assert response.headers["Content-Type"] == "application/json"
+                assert await response.json() == {"message": "500: Internal Server Error", "code": 0}
+        forever.stop()
+        async with session.get(f"{fake.rest_base}/users/@me") as response:
+            assert response.status == 200
+    assert len(forever.hits) == 2 and len(fake.faulted) == 3
+
+
+async def test_fault_rules_can_look_at_the_body(harness: Harness) -> None:
+    fake, channel = harness.fake, text_channel(harness)
+    fake.fail_requests("POST", CREATE, status=400, with_files=True)
+    named = fake.fail_requests(
+        "POST", CREATE, status=400, count=None, predicate=uploads_matching(r"^job-\d+-\d+\.png$")
+    )
+    await channel.send("plain text passes")
+    with pytest.raises(discord.HTTPException):
+        await channel.send(file=discord.File(io.BytesIO(PNG), "other.png"))  # with_files
+    await channel.send(file=discord.File(io.BytesIO(PNG), "other.png"))  # that rule is used up
+    with pytest.raises(discord.HTTPException):
+        await channel.send("result", file=discord.File(io.BytesIO(PNG), "job-7-0.png"))
+    fake.clear_faults()
+    sent = await channel.send("result", file=discord.File(io.BytesIO(PNG), "job-7-0.png"))
+    # the rule read the multipart body; the handler still got all of it
+    assert fake.message(sent.id).attachments[0].content == PNG
+    assert [m.content for m in fake.messages_in()] == ["plain text passes", "", "result"]
+    assert len(named.hits) == 1 and named.stopped
+
+
+async def test_stalled_request_is_answered_late(harness: Harness) -> None:
+    fake, channel = harness.fake, text_channel(harness)
+    fake.stall_requests("POST", CREATE, seconds=0.3)
+    started = asyncio.get_running_loop().time()
+    sent = await channel.send("slow")
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    assert fake.message(sent.id).content == "slow"
+    (record,) = fake.faulted
+    assert record.fault == "stall" and record.status == 0  # recorded when the stall began
+    assert [r.status for r in fake.requests if r.fault == "stall"] == [200]  # when answered
+
+    rule = fake.stall_requests("POST", CREATE, seconds=60, with_files=True)
+    upload = asyncio.ensure_future(channel.send(file=discord.File(io.BytesIO(PNG), "a.png")))
+    await fake.wait_for(lambda _: rule.stalled_now == 1)
+    assert not upload.done()
+    rule.release()
+    async with asyncio.timeout(WAIT):
+        assert (await upload).attachments[0].filename == "a.png"
+
+
+async def test_stalled_request_of_a_client_that_gave_up_has_no_effect(harness: Harness) -> None:
+    fake, channel = harness.fake, text_channel(harness)
+    rule = fake.stall_requests("POST", CREATE, seconds=60)
+    sending = asyncio.ensure_future(channel.send("never arrives"))
+    await fake.wait_for(lambda _: rule.stalled_now == 1)
+    sending.cancel()  # the client gives up: aiohttp closes the connection
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    # the server notices the closed connection and drops the request
+    await fake.wait_for(lambda f: any(r.fault == "stall" and r.status == 0 for r in f.requests))
+    assert rule.stalled_now == 0 and fake.messages_in() == []
+    await channel.send("the next one goes through")
+    assert [m.content for m in fake.messages_in()] == ["the next one goes through"]
+
+
+async def test_stop_is_not_held_up_by_a_stalled_request() -> None:
+    fake = FakeDiscord()
+    await fake.start()
+    try:
+        fake.stall_requests("GET", r"/users/@me$", seconds=3600)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bot {fake.token}"}) as s:
+            request = asyncio.ensure_future(s.get(f"{fake.rest_base}/users/@me"))
+            await fake.wait_for(lambda f: f.faulted)
+            async with asyncio.timeout(1.5):
+                await fake.stop()
+            with pytest.raises(aiohttp.ClientError):
+                await request
+    finally:
+        await fake.stop()
+
+
+@pytest.mark.parametrize("apply", [False, True], ids=["lost", "applied-answer-lost"])
+async def test_dropped_request_is_a_disconnect(harness: Harness, apply: bool) -> None:
+    fake, channel = harness.fake, text_channel(harness)
+    await channel.send("warm")  # the next request reuses this keep-alive connection
+    fake.drop_requests("POST", CREATE, apply=apply)
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await channel.send("dropped", file=discord.File(io.BytesIO(PNG), "job-1-0.png"))
+    (record,) = fake.faulted
+    assert (record.method, record.status, record.fault) == ("POST", 0, "drop")
+    created = [m.content for m in fake.messages_in()]
+    assert created == (["warm", "dropped"] if apply else ["warm"])
+    await channel.send("after")  # a fresh connection works
+    assert fake.messages_in()[-1].content == "after"
+
+
+# --- nonces and history --------------------------------------------------------------------
+
+
+async def test_enforced_nonce_returns_the_first_message(harness: Harness) -> None:
+    fake, channel = harness.fake, text_channel(harness)
+    first = await channel.send("result", nonce="imagine-42")  # discord.py adds enforce_nonce
+    again = await channel.send("result again", nonce="imagine-42")
+    assert again.id == first.id and again.content == "result" and again.nonce == "imagine-42"
+    file = discord.File(io.BytesIO(PNG), "job-42-0.png")
+    with_file = await channel.send(file=file, nonce="imagine-43")  # multipart: payload_json
+    file = discord.File(io.BytesIO(PNG), "job-42-0.png")
+    assert (await channel.send(file=file, nonce="imagine-43")).id == with_file.id
+    assert len(fake.messages_in()) == 2
+    other = await channel.send("result", nonce="imagine-44")
+    assert other.id != first.id
+
+    fake.advance_time(5 * 60 + 1)  # the nonce is remembered for five minutes
+    later = await channel.send("result", nonce="imagine-42")
+    assert later.id != first.id and len(fake.messages_in()) == 4
+    with pytest.raises(discord.HTTPException) as raised:
+        await channel.send("x", nonce="n" * 26)
+    assert raised.value.code == 50035
+
+
+async def test_nonce_without_enforce_and_on_webhooks_does_not_deduplicate(
+    harness: Harness,
+) -> None:
+    fake = harness.fake
+    shown = fake.invoke_slash("note")
+    await shown.wait_for_followup()
+    body = {"content": "again", "nonce": "n-1"}
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bot {fake.token}"}
+        url = f"{fake.rest_base}/channels/{fake.channel.id}/messages"
+        for _ in range(2):  # Discord only checks a nonce when enforce_nonce is true
+            async with session.post(url, json=body, headers=headers) as response:
+                assert (await response.json())["nonce"] == "n-1"
+        # Executing a webhook (interaction follow-ups) takes no nonce: nothing is checked.
+        hook = f"{fake.rest_base}/webhooks/{fake.application_id}/{shown.token}?wait=true"
+        for _ in range(2):
+            async with session.post(hook, json={**body, "enforce_nonce": True}) as response:
+                assert response.status == 200
+    assert [m.content for m in fake.messages_in()].count("again") == 4
+    assert len(shown.followups) == 3
+
+
+async def test_history_before_after_around(harness: Harness) -> None:
+    channel = text_channel(harness)
+    sent = [await channel.send(f"m{i}") for i in range(6)]
+    ids = [m.id for m in sent]
+
+    async def history(**kwargs: object) -> list[int]:
+        return [m.id async for m in channel.history(**kwargs)]  # type: ignore[arg-type]
+
+    assert await history(limit=3) == ids[:2:-1]  # newest first
+    assert await history(limit=2, before=sent[3]) == [ids[2], ids[1]]
+    assert await history(limit=2, after=sent[1], oldest_first=True) == [ids[2], ids[3]]
+    assert sorted(await history(limit=4, around=sent[3])) == ids[1:5]
+    assert await history(limit=None) == ids[::-1]  # discord.py pages with before=

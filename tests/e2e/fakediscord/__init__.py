@@ -7,6 +7,7 @@ The real bot connects to it over real sockets on 127.0.0.1; tests play the users
 from .commands import CommandSync, RegisteredCommand
 from .constants import CallbackType, Intent, MessageFlag, Permission
 from .discordpy import pointed_at
+from .faults import FaultKind, FaultRule, uploads_matching
 from .gateway import ConnectionInfo
 from .interactions import InteractionHandle
 from .models import (
@@ -21,6 +22,7 @@ from .models import (
     Upload,
     User,
 )
+from .multipart import FilePart, MessageBody
 from .rest import RequestRecord
 from .server import FakeDiscord
 
@@ -31,10 +33,14 @@ __all__ = [
     "CommandSync",
     "ConnectionInfo",
     "FakeDiscord",
+    "FaultKind",
+    "FaultRule",
+    "FilePart",
     "Guild",
     "Intent",
     "InteractionHandle",
     "Member",
+    "MessageBody",
     "MessageFlag",
     "MessageRecord",
     "MessageRevision",
@@ -46,4 +52,5 @@ __all__ = [
     "Upload",
     "User",
     "pointed_at",
+    "uploads_matching",
 ]

@@ -43,6 +43,7 @@ class InteractionHandle:
     callback_type: int | None = None
     callback_data: dict[str, Any] | None = field(default=None, repr=False)
     acknowledged_at: float | None = None
+    callback_attempted_at: float | None = None  # the first callback request, even a refused one
     original: MessageRecord | None = None
     followups: list[MessageRecord] = field(default_factory=list)
     choices: list[dict[str, Any]] | None = None
@@ -81,6 +82,13 @@ class InteractionHandle:
     def ack_latency(self) -> float | None:
         """Seconds from dispatch to the initial response."""
         return None if self.acknowledged_at is None else self.acknowledged_at - self.created_at
+
+    @property
+    def callback_latency(self) -> float | None:
+        """Seconds from dispatch to the bot's first callback request, accepted or not (a
+        callback later than ``ack_deadline`` is refused with 10062 but still counted here)."""
+        attempted = self.callback_attempted_at
+        return None if attempted is None else attempted - self.created_at
 
     def expire(self) -> None:
         """Make the token invalid now, as if 15 minutes had passed for this interaction."""

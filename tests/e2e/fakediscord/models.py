@@ -314,6 +314,7 @@ class MessageRecord:
     webhook_id: int | None = None
     application_id: int | None = None
     edited_at: float | None = None
+    nonce: str | None = None  # as sent by the author (channel message creates only)
     deleted: bool = False
     deleted_at: float | None = None
     history: list[MessageRevision] = field(default_factory=list)
@@ -387,6 +388,8 @@ class MessageRecord:
             payload["application_id"] = str(self.application_id)
         if self.message_reference is not None:
             payload["message_reference"] = self.message_reference
+        if self.nonce is not None:
+            payload["nonce"] = self.nonce
         if self.interaction_metadata is not None:
             payload["interaction_metadata"] = self.interaction_metadata
         return payload

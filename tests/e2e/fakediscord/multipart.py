@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from .errors import DiscordHTTPError
+from .util import request_key
 
 _FILE_FIELD = re.compile(r"^files\[(\d+)\]$")
 
@@ -41,8 +42,30 @@ async def read_json(request: web.Request) -> Any:
         raise DiscordHTTPError(400, 50109, "The request body contains invalid JSON.") from exc
 
 
+_BODY_KEY = request_key("fakediscord.message_body")
+
+
+async def message_body(request: web.Request) -> MessageBody:
+    """``read_message_body``, read once per request: a fault rule may look at the body before
+    the route handler does (a multipart stream can be read only once)."""
+    cached = request.get(_BODY_KEY)
+    if cached is None:
+        try:
+            cached = await _read_message_body(request)
+        except DiscordHTTPError as error:
+            cached = error
+        request[_BODY_KEY] = cached
+    if isinstance(cached, DiscordHTTPError):
+        raise cached
+    return cached
+
+
 async def read_message_body(request: web.Request) -> MessageBody:
     """The JSON payload and uploaded files of a message create/edit/callback request."""
+    return await message_body(request)
+
+
+async def _read_message_body(request: web.Request) -> MessageBody:
     if not request.content_type.startswith("multipart/"):
         payload = await read_json(request)
         if payload is None:

@@ -1,4 +1,5 @@
-"""The REST side: aiohttp app, authentication, request log, injected rate limits, 404s."""
+"""The REST side: aiohttp app, authentication, request log, injected rate limits and faults,
+404s."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from aiohttp import web
 
 from .constants import API_VERSION
 from .errors import DiscordHTTPError, unauthorized
+from .faults import FaultKind, FaultRule, Faults, client_gone, close_connection
 from .state import ServerState
-from .util import json_response
+from .util import json_response, request_key
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class RequestRecord:
     status: int
     authorization: str | None  # the Authorization header as sent
     at: float
+    fault: FaultKind | None = None  # the injected fault that took the request, if any
 
 
 @dataclass
@@ -77,6 +80,8 @@ class EditRateLimit:
 
 
 _UNKNOWN_ROUTE = "fakediscord-unknown-route"
+_FAULT_KEY = request_key("fakediscord.fault")
+_DROPPED_KEY = request_key("fakediscord.dropped")  # answered nothing: connection closed
 _EDIT_ROUTES = re.compile(
     rf"^{API_PREFIX}/(channels/(?P<channel>\d+)/messages/\d+|webhooks/\d+/(?P<token>[^/]+)/messages/[^/]+)$"
 )
@@ -92,6 +97,8 @@ class RestApi:
         self.rate_limit_rules: list[RateLimitRule] = []
         self.rate_limited: list[RequestRecord] = []
         self.edit_rate_limit: EditRateLimit | None = None
+        self.faults = Faults()
+        self.faulted: list[RequestRecord] = []
 
     def install(self, app: web.Application, routes: list[RouteSpec]) -> None:
         app.middlewares.append(self._middleware)
@@ -108,23 +115,30 @@ class RestApi:
             response = await self._guarded(request, handler)
         except DiscordHTTPError as error:
             response = error.to_response()
-        record = RequestRecord(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            status=response.status,
-            authorization=request.headers.get("Authorization"),
-            at=self.state.clock.wall(),
-        )
+        dropped = bool(request.get(_DROPPED_KEY))
+        record = self._record(request, 0 if dropped else response.status)
         self.requests.append(record)
-        if response.status == 429:
+        if record.status == 429:
             self.rate_limited.append(record)
         if request.match_info.route.name == _UNKNOWN_ROUTE:
             self.unknown_requests.append(record)
-        if response.status >= 400:
-            _log.info("%s %s -> %s", request.method, request.path, response.status)
+        if record.status >= 400 or dropped:
+            _log.info("%s %s -> %s", request.method, request.path, record.status or "dropped")
         self.state.changes.notify()
+        if dropped:
+            close_connection(request)  # aiohttp's write of `response` then fails quietly
         return response
+
+    def _record(self, request: web.Request, status: int) -> RequestRecord:
+        return RequestRecord(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            status=status,
+            authorization=request.headers.get("Authorization"),
+            at=self.state.clock.wall(),
+            fault=request.get(_FAULT_KEY),
+        )
 
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
@@ -133,10 +147,53 @@ class RestApi:
                 expected = f"Bot {self.state.settings.token}"
                 if request.headers.get("Authorization") != expected:
                     raise unauthorized()
-            limited = self._rate_limit(request)
-            if limited is not None:
-                return limited
+            rule = await self.faults.match(request)
+            if rule is not None:
+                return await self._inject(rule, request, handler)
+            return await self._handle(request, handler)
         return await handler(request)
+
+    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        limited = self._rate_limit(request)
+        if limited is not None:
+            return limited
+        return await handler(request)
+
+    async def _inject(
+        self, rule: FaultRule, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """Apply ``rule`` to ``request``; every faulted request lands in ``faulted``."""
+        request[_FAULT_KEY] = rule.kind
+        if rule.kind is FaultKind.FAIL:
+            response = DiscordHTTPError(rule.status, rule.code, rule.message).to_response()
+            self._note_fault(rule, self._record(request, rule.status))
+            return response
+        if rule.kind is FaultKind.STALL:
+            self._note_fault(rule, self._record(request, 0))
+            await rule._stall(request, self.faults.closing)
+            if self.faults.closing.is_set() or client_gone(request):
+                _log.info("stalled %s %s: dropped", request.method, request.path)
+                request[_DROPPED_KEY] = True
+                return web.Response(status=499)
+            return await self._handle(request, handler)
+        # DROP: read the whole request, maybe apply it, then hang up.
+        response: web.StreamResponse = web.Response(status=499)
+        if rule.apply:
+            try:
+                response = await self._handle(request, handler)
+            except DiscordHTTPError as error:
+                response = error.to_response()
+        else:
+            await request.read()
+        request[_DROPPED_KEY] = True
+        self._note_fault(rule, self._record(request, 0))
+        return response
+
+    def _note_fault(self, rule: FaultRule, record: RequestRecord) -> None:
+        _log.info("fault %s: %s %s", rule.kind, record.method, record.path)
+        rule.hits.append(record)
+        self.faulted.append(record)
+        self.state.changes.notify()
 
     def _rate_limit(self, request: web.Request) -> web.Response | None:
         for rule in self.rate_limit_rules:

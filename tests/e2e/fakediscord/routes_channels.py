@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from .constants import ErrorCode, Permission
-from .errors import DiscordHTTPError, unknown_message
+from .errors import DiscordHTTPError, field_error, unknown_message
 from .models import Channel, MessageRecord, parse_emoji
 from .multipart import read_json, read_message_body
 from .rest import RouteSpec
-from .state import ServerState
+from .state import MAX_NONCE_LENGTH, ServerState
 from .util import json_response, no_content, snowflake_or_none
 
 _READ = Permission.VIEW_CHANNEL | Permission.READ_MESSAGE_HISTORY
@@ -84,24 +84,45 @@ class ChannelRoutes:
         return no_content()
 
     async def history(self, request: web.Request) -> web.Response:
+        """``GET /channels/{id}/messages?limit=&before=|after=|around=``: newest first, as
+        Discord answers. ``before``: the newest ``limit`` older than it; ``after``: the oldest
+        ``limit`` newer than it; ``around``: ``limit // 2`` older than it, the rest from it on
+        (the message itself included). ``limit`` is clamped to 1-100, default 50."""
         channel = self._channel(request, _READ)
         limit = max(1, min(100, int(request.query.get("limit", 50))))
         before = snowflake_or_none(request.query.get("before"))
         after = snowflake_or_none(request.query.get("after"))
-        messages = [m for m in self.state.messages_in(channel.id) if not m.ephemeral]
-        if before is not None:
-            messages = [m for m in messages if m.id < before]
-        if after is not None:
-            messages = [m for m in messages if m.id > after][:limit]
-        newest_first = sorted(messages, key=lambda m: m.id, reverse=True)[:limit]
-        return json_response([self._payload(m) for m in newest_first])
+        around = snowflake_or_none(request.query.get("around"))
+        oldest_first = sorted(
+            (m for m in self.state.messages_in(channel.id) if not m.ephemeral), key=lambda m: m.id
+        )
+        if around is not None:
+            older = [m for m in oldest_first if m.id < around]
+            newer = [m for m in oldest_first if m.id >= around]
+            half = limit // 2
+            oldest_first = (older[-half:] if half else []) + newer[: limit - half]
+        else:
+            if before is not None:
+                oldest_first = [m for m in oldest_first if m.id < before]
+            if after is not None:
+                oldest_first = [m for m in oldest_first if m.id > after][:limit]
+            oldest_first = oldest_first[-limit:]
+        return json_response([self._payload(m) for m in reversed(oldest_first)])
 
     async def create_message(self, request: web.Request) -> web.Response:
+        """Posting as the bot. A ``nonce`` with ``enforce_nonce: true`` is checked: when the
+        bot created a message with the same nonce in the last five minutes (of the server's
+        clock), that message is answered and nothing new is created (JSON or multipart)."""
         channel = self._channel(request, Permission.VIEW_CHANNEL | Permission.SEND_MESSAGES)
         body = await read_message_body(request)
+        nonce = _nonce(body.payload.get("nonce"))
+        if nonce is not None and body.payload.get("enforce_nonce") is True:
+            earlier = self.state.message_by_nonce(self._bot_id, nonce)
+            if earlier is not None:
+                return json_response(self._payload(earlier))
         if body.files:
             self.state.require_permissions(channel, self._bot_id, Permission.ATTACH_FILES)
-        message = self.state.create_message(channel, self.state.bot_user, body)
+        message = self.state.create_message(channel, self.state.bot_user, body, nonce=nonce)
         return json_response(self._payload(message))
 
     async def get_message(self, request: web.Request) -> web.Response:
@@ -184,3 +205,17 @@ class ChannelRoutes:
         if user is None:
             raise DiscordHTTPError(400, ErrorCode.INVALID_FORM_BODY, "Invalid Form Body")
         return json_response(self.state.dm_channel(user).to_payload())
+
+
+def _nonce(value: object) -> str | None:
+    """A message nonce as Discord takes it: an integer or a string of at most 25 characters."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise field_error("nonce", "Must be an integer or a string.")
+    text = str(value)
+    if len(text) > MAX_NONCE_LENGTH:
+        raise field_error(
+            "nonce", f"Must be {MAX_NONCE_LENGTH} or fewer in length.", "BASE_TYPE_MAX_LENGTH"
+        )
+    return text

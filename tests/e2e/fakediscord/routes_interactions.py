@@ -74,6 +74,8 @@ class InteractionRoutes:
         )
         if interaction is None or interaction.token != request.match_info["token"]:
             raise unknown_interaction()
+        if interaction.callback_attempted_at is None:
+            interaction.callback_attempted_at = self.state.clock.monotonic()
         with _recording_rejections(interaction):
             resource = self._respond(interaction, await read_message_body(request))
         self.state.changes.notify()

@@ -18,6 +18,7 @@ from .constants import (
     InteractionType,
     Permission,
 )
+from .faults import BodyPredicate, FaultKind, FaultRule
 from .gateway import ConnectionInfo, Gateway
 from .interactions import DEFAULT_WAIT, InteractionHandle
 from .invocations import InvocationBuilder
@@ -127,10 +128,12 @@ class FakeDiscord:
         _log.info("fake Discord listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        """Close gateway connections (1001, going away) and stop serving."""
+        """Close gateway connections (1001, going away) and stop serving. Requests held by
+        ``stall_requests`` are dropped at once, so a long stall never holds up the stop."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        self.rest.faults.close()
         self.gateway.disconnect(1001, "server stopping")
         try:
             await self.state.changes.wait_for(lambda: not self.gateway.connected, 2.0)
@@ -464,6 +467,118 @@ class FakeDiscord:
         )
         self.rest.rate_limit_rules.append(rule)
         return rule
+
+    def fail_requests(
+        self,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        status: int = 500,
+        count: int | None = 1,
+        code: int = 0,
+        message: str = "500: Internal Server Error",
+        predicate: BodyPredicate | None = None,
+        with_files: bool = False,
+    ) -> FaultRule:
+        """Answer the next ``count`` requests matching ``method`` and ``path`` (a regex searched
+        in the URL path; None matches any) with ``status`` and Discord's JSON error body
+        ``{"message", "code"}``; the request has no effect. ``count=None``: every one, until
+        ``rule.stop()`` or ``clear_faults()``.
+
+        ``predicate(body)`` (a ``MessageBody``: JSON payload and uploaded files, see
+        ``faults.uploads_matching``) and ``with_files`` (only requests that upload a file)
+        narrow the rule to some message bodies. discord.py retries a 500/502/503/504 itself
+        (up to 5 tries), so ``count=1`` of those is invisible to the bot; a 4xx is not retried.
+        """
+        return self._add_fault(
+            FaultKind.FAIL,
+            method,
+            path,
+            count,
+            predicate,
+            with_files,
+            status=status,
+            code=code,
+            message=message,
+        )
+
+    def stall_requests(
+        self,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        seconds: float,
+        count: int | None = 1,
+        predicate: BodyPredicate | None = None,
+        with_files: bool = False,
+    ) -> FaultRule:
+        """Hold the next ``count`` matching requests for ``seconds`` before handling them (an
+        upload that hangs). A stalled request is in ``faulted`` (status 0) from the moment it
+        stalls; ``rule.release()`` ends the stall early. If the client is gone when the stall
+        ends (it timed out, or was killed), the request has no effect. ``stop()`` drops every
+        stalled request at once. Matching as in ``fail_requests``.
+        """
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        return self._add_fault(
+            FaultKind.STALL, method, path, count, predicate, with_files, seconds=seconds
+        )
+
+    def drop_requests(
+        self,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        count: int | None = 1,
+        apply: bool = False,
+        predicate: BodyPredicate | None = None,
+        with_files: bool = False,
+    ) -> FaultRule:
+        """Read the next ``count`` matching requests, then close the connection without an
+        answer (aiohttp raises ``ServerDisconnectedError`` in the client). ``apply=True``
+        handles the request first: its effect happens (the message is created) and only the
+        answer is lost, the worst case for exactly-once delivery. Recorded with status 0.
+
+        aiohttp retries an idempotent method (GET, PUT, DELETE) once on a fresh connection
+        when a reused one is closed under it: drop POST or PATCH requests to be seen.
+        Matching as in ``fail_requests``.
+        """
+        return self._add_fault(
+            FaultKind.DROP, method, path, count, predicate, with_files, apply=apply
+        )
+
+    def clear_faults(self) -> None:
+        """Stop every fault rule; requests stalled now are handled at once."""
+        self.rest.faults.clear()
+
+    @property
+    def faulted(self) -> list[RequestRecord]:
+        """Every request a fault rule took, in order (``record.fault`` says which kind)."""
+        return self.rest.faulted
+
+    def _add_fault(
+        self,
+        kind: FaultKind,
+        method: str | None,
+        path: str | None,
+        count: int | None,
+        predicate: BodyPredicate | None,
+        with_files: bool,
+        **options: Any,
+    ) -> FaultRule:
+        if count is not None and count < 1:
+            raise ValueError("count must be >= 1, or None for every request")
+        return self.rest.faults.add(
+            FaultRule(
+                kind=kind,
+                method=method,
+                path=re.compile(path) if path is not None else None,
+                count=count,
+                predicate=predicate,
+                with_files=with_files,
+                **options,
+            )
+        )
 
     def limit_edits(self, limit: int = 5, per: float = 5.0) -> None:
         """Enforce Discord's edit limit (``limit`` message edits per ``per`` s per channel or

@@ -50,6 +50,9 @@ from .util import Clock, SnowflakeFactory
 _MENTION = re.compile(r"<@!?(\d+)>")
 # Flags a sender may set on a message; EPHEMERAL only on an interaction's first message.
 _SETTABLE_FLAGS = (1 << 2) | MessageFlag.SUPPRESS_NOTIFICATIONS | (1 << 15)
+# Discord checks an enforced nonce against "the past few minutes"; the fake says five.
+NONCE_WINDOW_S = 5 * 60.0
+MAX_NONCE_LENGTH = 25
 
 
 @dataclass
@@ -106,6 +109,7 @@ class ServerState:
         self.commands: dict[int, RegisteredCommand] = {}
         self.command_syncs: list[CommandSync] = []
         self.interactions: dict[int, InteractionHandle] = {}
+        self.nonces: dict[tuple[int, str], int] = {}  # (author id, nonce) -> newest message id
 
         self.bot_user = self.add_user("imagine-bot", bot=True)
         self.application_id = self.bot_user.id  # as for every app made since 2020
@@ -293,6 +297,16 @@ class ServerState:
             raise DiscordHTTPError(404, ErrorCode.UNKNOWN_MESSAGE, "Unknown Message")
         return message
 
+    def message_by_nonce(self, author_id: int, nonce: str) -> MessageRecord | None:
+        """The message ``author_id`` created with ``nonce`` in the last ``NONCE_WINDOW_S`` of
+        the server's clock (what ``enforce_nonce`` answers with), if it still exists."""
+        message = self.messages.get(self.nonces.get((author_id, nonce), 0))
+        if message is None or message.deleted:
+            return None
+        if self.clock.wall() - message.created_at > NONCE_WINDOW_S:
+            return None
+        return message
+
     def messages_in(self, channel_id: int) -> list[MessageRecord]:
         return [m for m in self.messages.values() if m.channel_id == channel_id and not m.deleted]
 
@@ -308,6 +322,7 @@ class ServerState:
         interaction: InteractionHandle | None = None,
         interaction_metadata: dict[str, Any] | None = None,
         allow_empty: bool = False,
+        nonce: str | None = None,
     ) -> MessageRecord:
         message = MessageRecord(
             id=self.next_id(),
@@ -317,6 +332,7 @@ class ServerState:
             created_at=self.clock.wall(),
             type=type,
             flags=flags,
+            nonce=nonce,
         )
         if interaction is not None:
             message.interaction_id = interaction.id
@@ -335,6 +351,8 @@ class ServerState:
                 message.type = MessageType.REPLY
         self._apply(message, body, size_limit=size_limit, creating=True, allow_empty=allow_empty)
         self.messages[message.id] = message
+        if nonce is not None:
+            self.nonces[(author.id, nonce)] = message.id
         channel.last_message_id = message.id
         self._dispatch_message("MESSAGE_CREATE", message)
         self.changes.notify()

@@ -64,6 +64,13 @@ def json_response(
     return web.Response(body=json.dumps(data).encode(), status=status, headers=all_headers)
 
 
+def request_key(name: str) -> Any:
+    """A key for per-request storage (``request[key]``): aiohttp's typed ``RequestKey`` where it
+    exists (3.12+, which warns about plain strings), else the name itself."""
+    factory = getattr(web, "RequestKey", None)
+    return name if factory is None else factory(name, object)
+
+
 def no_content() -> web.Response:
     return web.Response(status=204)
 
