@@ -106,7 +106,7 @@ def result_nonce(instance_id: str, job_id: int) -> str:
     # Discord keeps a nonce (at most 25 characters) for a few minutes: a retried post of the
     # same result returns the first message instead of a second one. The database's own id
     # keeps job 5 of a wiped database from matching the old job 5.
-    return f"{instance_id}-{job_id}"[:25]
+    return f"{instance_id}-{job_id}"[:24]  # one character left for a suffix
 
 
 class ResultView(discord.ui.View):
@@ -292,7 +292,11 @@ class Deliverer:
         try:
             async with asyncio.timeout(PROGRESS_EDIT_TIMEOUT_S):
                 if target.message_id is None and not target.token_usable(time.time()):
-                    message = await self._post(target, content=content, files=attachments)
+                    # A nonce of its own: a post whose answer was lost is not made twice.
+                    nonce = result_nonce(self.store.instance_id, handle.job_id) + "p"
+                    message = await self._post(
+                        target, content=content, files=attachments, nonce=nonce
+                    )
                 else:
                     message = await self._edit(target, content=content, attachments=attachments)
         except DISCORD_FAILURES as error:
