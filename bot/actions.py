@@ -108,9 +108,11 @@ class Actions:
         target = replace(target, job_id=handle.job_id)
         try:
             await interaction.response.defer(thinking=True)
-        except DISCORD_FAILURES as error:
-            # Unacknowledged (Discord's 3 s passed, or Discord failed): the job stands, and
-            # its result is posted to the channel with a mention instead.
+        except discord.InteractionResponded:
+            pass  # acknowledged already: follow it as it is
+        except Exception as error:
+            # Unacknowledged (Discord's 3 s passed, Discord failed, anything): the stored job
+            # stands and is followed; its result goes to the channel with a mention.
             logger.warning(
                 "job %d: could not acknowledge the interaction (%s); the result will go to "
                 "the channel",
