@@ -124,10 +124,6 @@ class RateLimiter:
         self._policy = policy
         self._clock = clock
 
-    @property
-    def policy(self) -> LimitPolicy:
-        return self._policy
-
     def is_exempt(self, user_id: int, role_ids: Iterable[int] = ()) -> bool:
         return (
             user_id in self._policy.exempt_user_ids

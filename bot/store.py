@@ -160,10 +160,6 @@ class RateDecision:
     user_blocked: bool = False
     guild_blocked: bool = False
 
-    @property
-    def allowed(self) -> bool:
-        return self.event_id is not None
-
 
 # --------------------------------------------------------------------------- migrations
 
@@ -595,23 +591,27 @@ class Store:
                 raise JobNotFound(job_id)
 
     async def get_delivery_target(self, job_id: int) -> DeliveryTarget | None:
+        return (await self.delivery_targets([job_id])).get(job_id)
+
+    async def delivery_targets(self, job_ids: Collection[int]) -> dict[int, DeliveryTarget]:
+        """Where each of `job_ids` went (one query: /history shows a page of links)."""
         async with self._lock:
             rows = await self._rows(
                 "SELECT id, channel_id, message_id, interaction_token, application_id,"
-                " token_expires_at FROM jobs WHERE id = ?",
-                (job_id,),
+                " token_expires_at FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(job_ids)),),
             )
-        if not rows:
-            return None
-        r = rows[0]
-        return DeliveryTarget(
-            job_id=r["id"],
-            channel_id=r["channel_id"],
-            message_id=r["message_id"],
-            interaction_token=r["interaction_token"],
-            application_id=r["application_id"],
-            token_expires_at=r["token_expires_at"],
-        )
+        return {
+            r["id"]: DeliveryTarget(
+                job_id=r["id"],
+                channel_id=r["channel_id"],
+                message_id=r["message_id"],
+                interaction_token=r["interaction_token"],
+                application_id=r["application_id"],
+                token_expires_at=r["token_expires_at"],
+            )
+            for r in rows
+        }
 
     async def mark_delivered(
         self, job_id: int, *, channel_id: int | None = None, message_id: int | None = None

@@ -287,9 +287,6 @@ class JobQueue:
         logger.info("job %d: cancelled by %d while queued", job_id, user_id)
         return JobState.CANCELLED
 
-    def handle(self, job_id: int) -> JobHandle | None:
-        return self._handles.get(job_id)
-
     def count_of(self, user_id: int) -> int:
         """The user's unfinished jobs (queued and running): what the per-user caps count."""
         return sum(1 for h in self._handles.values() if h.owner.user_id == user_id and not h.done())
@@ -303,10 +300,6 @@ class JobQueue:
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._running)
-
-    @property
-    def waiting_count(self) -> int:
-        return len(self._waiting)
 
     # --- positions and ETAs ----------------------------------------------------------------
 

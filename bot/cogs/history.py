@@ -39,8 +39,9 @@ class HistoryCog(commands.Cog):
             return
         pages = math.ceil(total / PAGE_SIZE)
         lines = []
+        targets = await store.delivery_targets([record.id for record in records])
         for record in records:
-            target = await store.get_delivery_target(record.id)
+            target = targets.get(record.id)
             link = None
             if target and target.message_id and target.channel_id:
                 guild = interaction.guild_id or "@me"

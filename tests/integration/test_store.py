@@ -695,3 +695,13 @@ async def test_each_database_has_its_own_stable_instance_id(tmp_path: Path) -> N
         first = a.instance_id
     async with opened(tmp_path / "a.db") as a:
         assert a.instance_id == first
+
+
+async def test_delivery_targets_of_a_page_in_one_call(tmp_path: Path) -> None:
+    async with opened(tmp_path / "bot.db") as store:
+        a = await store.create_job(OWNER, request(), channel_id=10)
+        b = await store.create_job(OWNER, request(), channel_id=11)
+        await store.set_delivery_target(b, channel_id=11, message_id=77)
+        targets = await store.delivery_targets([a, b, 4242])
+        assert targets == {a: DeliveryTarget(a, 10), b: DeliveryTarget(b, 11, 77)}
+        assert await store.delivery_targets([]) == {}
