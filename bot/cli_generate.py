@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bot.flags import parse_inline_flags
 from bot.settings import Settings
+from inference.errors import InvalidRequestError
 from inference.generator import DiffusersGenerator
 from inference.requests import RequestOptions, resolve_request
 from inference.tokens import count_prompt_tokens
@@ -13,19 +15,29 @@ from inference.types import Progress
 
 
 def options_from_args(args: argparse.Namespace, default_model: str) -> RequestOptions:
-    return RequestOptions(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        width=args.width,
-        height=args.height,
-        aspect_ratio=args.aspect_ratio,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        sampler=args.sampler,
-        count=args.count,
-        model=args.model or default_model,
-    )
+    """The command line's options plus the prompt's inline flags (`"a fox --ar 16:9"`), as
+    /imagine reads them; the same option given both ways is an error naming both."""
+    given = {
+        "negative_prompt": args.negative,
+        "width": args.width,
+        "height": args.height,
+        "aspect_ratio": args.aspect_ratio,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "sampler": args.sampler,
+        "count": args.count,
+        "model": args.model,
+    }
+    text, inline = parse_inline_flags(args.prompt)
+    for field in inline:
+        if given.get(field) is not None:
+            raise InvalidRequestError(
+                field, "given both as a command-line option and as an inline flag; keep one"
+            )
+    merged = {k: v for k, v in given.items() if v is not None} | inline
+    merged.setdefault("model", default_model)
+    return RequestOptions(prompt=text, **merged)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
