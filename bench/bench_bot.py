@@ -12,7 +12,7 @@
     callback) for more /imagine calls while 100 jobs from many users wait in the queue and
     the worker generates. Goal: p99 <= 1 s (Discord drops interactions not answered in 3 s).
 
-The bot runs as operators run it (`python -m bot --config X run`), with config/default.toml's
+The bot runs as operators run it (`python -m bot --config X run`), with bot/default.toml's
 progress edit interval and live previews; only the Discord address, the model, the data
 folder and, for (b), the queue and rate limits are changed. Ratios mean something on any
 machine; absolute times only on a GPU with a real-size model.
@@ -56,7 +56,7 @@ JOB_IN_FOOTER = re.compile(r"\bjob (\d+)\b")
 
 
 # Only what (b) needs: room to queue 100 jobs. Progress edits (every 1.5 s) and live
-# previews (at most one a second) keep the defaults of config/default.toml.
+# previews (at most one a second) keep the defaults of bot/default.toml.
 BENCH_CONFIG = """
 [queue]
 max_queued = 1000

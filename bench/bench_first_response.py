@@ -15,7 +15,7 @@ users fire another 20 x 5.
 
 Goal: p99 <= 1000 ms and no interaction failed, over all cold runs together (and, separately,
 in the warm burst). Queue and rate limits are raised so that the burst is not refused; the
-rest is config/default.toml with the tiny random model.
+rest is bot/default.toml with the tiny random model.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         append_row(
             SECTION,
             "`python -m bench.bench_first_response`: the real bot process (`python -m bot run`, "
-            "config/default.toml plus raised queue/rate limits, tiny random model) against the "
+            "bot/default.toml plus raised queue/rate limits, tiny random model) against the "
             "local Discord of the e2e tests. Cold: a fresh process and data folder; the moment "
             "it is ready (gateway identified, commands synced) 20 users fire 5 /imagine each, "
             "100 interactions dispatched at once; latency = dispatch -> the bot's first "

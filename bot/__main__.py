@@ -81,7 +81,12 @@ def configure_logging(level: str, secrets: list[str] | None = None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagine-bot", description=__doc__)
-    parser.add_argument("--config", type=Path, help="your config file (TOML)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="your config file (TOML): only the keys you change, over the packaged defaults "
+        "(bot/default.toml); see config/example.toml. Goes before the command.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("run", help="start the Discord bot")

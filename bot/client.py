@@ -36,8 +36,10 @@ class Services:
 
 
 def point_discord_at(api_base: str, gateway_url: str) -> None:
-    """discord.py has no public option for another API host (DESIGN.md): set the class
-    attributes it reads. Pinned to discord.py 2.7 in pyproject; a test covers this."""
+    """Talk to a Discord-compatible server (the e2e tests' local one) instead of Discord.
+
+    discord.py has no public option for another API host, so this sets the class attributes it
+    reads. They are not public API: pyproject pins discord.py to 2.7, and a test covers this."""
     discord.http.Route.BASE = api_base.rstrip("/")
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 

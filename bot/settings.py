@@ -1,5 +1,6 @@
-"""Settings: config/default.toml < the operator's file < environment. Loaded once, frozen.
+"""Settings: bot/default.toml < the operator's file < environment. Loaded once, frozen.
 
+The defaults are package data, read with importlib.resources, so a wheel install has them too.
 Environment overrides use `IMAGINE_BOT__SECTION__KEY=value` (the value is read as TOML when it
 parses, else as a string). The bot token is a secret: it comes only from the environment
 (`DISCORD_TOKEN`) or a secrets file (`discord.token_file`, or `DISCORD_TOKEN_FILE`), never from a
@@ -12,6 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,8 @@ class Settings:
         return {spec.name: spec for spec in self.models}
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "default.toml"
+# Package data, so that it is in the wheel too (config/ is outside every package).
+DEFAULT_CONFIG = resources.files("bot") / "default.toml"
 
 
 def _default_toml() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """SQLite persistence: users, jobs and their images, rate-limit events, guild settings.
 
-The only module with SQL. One `Store` owns one aiosqlite connection; `bot.__main__` opens it
+The only module with SQL. One `Store` owns one aiosqlite connection; `bot.app.run_bot` opens it
 and closes it, nothing opens at import time. Every value reaches SQL through `?` parameters;
 the only text ever spliced into a statement is a constant of this module or the integer
 migration number (PRAGMA takes no parameters).

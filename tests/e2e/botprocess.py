@@ -1,4 +1,4 @@
-"""Starting the bot the way an operator does (`imagine-bot run --config …`), against FakeDiscord."""
+"""Starting the bot the way an operator does (`imagine-bot --config … run`), against FakeDiscord."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ BOT_START_TIMEOUT = 90  # importing torch + diffusers on a busy 2-core CI machin
 
 
 def write_config(directory: Path, fake: FakeDiscord, tiny: TinyModel, extra: str = "") -> Path:
-    """The operator's file: only what must differ from config/default.toml, plus `extra`."""
+    """The operator's file: only what must differ from bot/default.toml, plus `extra`."""
     config = directory / "bot.toml"
     config.write_text(
         f"""

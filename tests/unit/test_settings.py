@@ -1,10 +1,16 @@
 import logging
+import re
+import shlex
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from bot.__main__ import RedactSecrets
+from bot.__main__ import RedactSecrets, _parser
 from bot.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -20,7 +26,7 @@ def test_layers_default_then_file_then_environment(tmp_path: Path) -> None:
     )
     settings = load_settings(config, {"IMAGINE_BOT__QUEUE__MAX_QUEUED": "9"})
     assert settings.queue.max_queued == 9
-    assert settings.queue.max_queued_per_user == 3  # from config/default.toml
+    assert settings.queue.max_queued_per_user == 3  # from the packaged defaults (bot/default.toml)
     assert [m.name for m in settings.models] == ["mine"]
     assert settings.models[0].source == str(tmp_path / "models/m.safetensors")
     assert settings.default_model == "mine"
@@ -60,3 +66,57 @@ def test_log_filter_redacts_the_token() -> None:
     record = logging.LogRecord("x", logging.INFO, "f", 1, "sent %s", ("abcdefgh12345",), None)
     RedactSecrets(["abcdefgh12345"]).filter(record)
     assert record.getMessage() == "sent [redacted]"
+
+
+def test_defaults_are_package_data_so_a_wheel_install_has_them() -> None:
+    # A wheel holds the packages and their declared data, never the repository's config/.
+    defaults = resources.files("bot") / "default.toml"
+    assert defaults.is_file()
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "default.toml" in declared["tool"]["setuptools"]["package-data"]["bot"]
+    # One copy of the defaults: nothing may read a config/default.toml that drifts from it.
+    assert not (ROOT / "config" / "default.toml").exists()
+
+
+def test_example_config_for_operators_loads() -> None:
+    settings = load_settings(ROOT / "config" / "example.toml", {})
+    assert settings.default_model in settings.model_specs()
+
+
+# `imagine-bot …` as quoted in docs and comments: each must be a command line argparse accepts.
+_QUOTED_COMMAND = re.compile(r"`(?:[\w./-]*/)?imagine-bot( [^`]*)?`")
+_DOCUMENTED = [
+    "README.md",
+    "config/example.toml",
+    "bot/default.toml",
+    "bot/settings.py",
+    "bot/__main__.py",
+    "tests/e2e/botprocess.py",
+]
+
+
+@pytest.mark.parametrize("name", _DOCUMENTED)
+def test_quoted_command_lines_parse(name: str) -> None:
+    text = (ROOT / name).read_text(encoding="utf-8")
+    quoted = [m.group(1) or "" for m in _QUOTED_COMMAND.finditer(text)]
+    for arguments in quoted:
+        words = []
+        for word in shlex.split(arguments):
+            if word in {">", "|", "&&", ";"}:
+                break
+            words.append(word)
+        if words == [] or words[0].startswith("<"):
+            continue  # `imagine-bot` alone, or a placeholder such as `imagine-bot <command>`
+        try:
+            _parser().parse_args(words)
+        except SystemExit:
+            pytest.fail(f"{name}: `imagine-bot{arguments}` is not a valid command line")
+
+
+def test_comments_cite_only_files_that_exist() -> None:
+    for folder in ("bot", "inference", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for cited in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", path.read_text(encoding="utf-8")):
+                assert (ROOT / cited).exists() or (path.parent / cited).exists(), (
+                    f"{path.relative_to(ROOT)} cites {cited}, which is not in the repository"
+                )
