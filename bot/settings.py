@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from inference.checkpoints import locate_source
 from inference.device import RuntimeOptions
 from inference.requests import RequestLimits
 from inference.types import ModelSpec
@@ -231,9 +232,7 @@ def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise SettingsError(f"{where}.{key}: required, a non-empty string")
         source = entry["source"]
-        local = Path(source).expanduser()
-        if source.startswith((".", "/", "~")) or local.suffix or (base / local).exists():
-            source = str(local if local.is_absolute() else base / local)
+        source = str(locate_source(source, base))  # the one rule: file, folder or hub id
         config = entry.get("config")
         specs.append(
             ModelSpec(

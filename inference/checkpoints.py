@@ -13,6 +13,7 @@ No torch import here: the bot can inspect models at start-up cheaply.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,13 +26,14 @@ from typing import Any
 
 from inference.errors import CheckpointError, UnsafeCheckpointError
 from inference.ldm_keys import LDM_PREFIXES, OPENCLIP_COMPONENTS, KeyNamer
-from inference.types import ModelFamily, ModelVariant, PredictionType
+from inference.types import ModelFamily, ModelVariant, PredictionType, SourceKind
 
 logger = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
+CHECKPOINT_SUFFIXES = frozenset({".safetensors", ".sft", *PICKLE_SUFFIXES})
 
 FAMILY_NAMES: Mapping[ModelFamily, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
@@ -72,6 +74,103 @@ class CheckpointHeader:
 
     def has_prefix(self, prefix: str) -> bool:
         return any(key.startswith(prefix) for key in self.tensors)
+
+
+# --- what a source names ------------------------------------------------------------------
+
+# One hub id part: letters, digits, `_`, `-`, `.`; starting and ending with a letter, digit or
+# `_` (huggingface_hub's validate_repo_id; it also refuses `--` and `..`).
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
+_HUB_NAME_MAX = 96
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def is_hub_id(text: str) -> bool:
+    """`owner/name` as the Hugging Face hub spells it: exactly one slash, dots allowed
+    (`stabilityai/stable-diffusion-xl-base-1.0`). Says nothing about whether it exists."""
+    return (
+        _HUB_ID.fullmatch(text) is not None
+        and "--" not in text
+        and ".." not in text
+        and len(text.partition("/")[2]) <= _HUB_NAME_MAX
+    )
+
+
+def _written_as_path(text: str) -> bool:
+    return (
+        text.startswith(("/", "./", "../", "~"))
+        or text in (".", "..")
+        or "\\" in text
+        or _WINDOWS_DRIVE.match(text) is not None
+    )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long for the file system
+        return False
+
+
+def locate_source(source: str, base: Path | None = None) -> Path | str:
+    """The one place that decides what a model `source` names: a local path (returned as a
+    Path; a relative one is joined to `base` when given, else left relative to the current
+    folder) or a Hugging Face hub id (returned unchanged, as a str). In order:
+
+    1. a path that exists is that path;
+    2. a name ending in a checkpoint extension (.safetensors, .ckpt, .pt, .pth, .bin, .sft) is
+       a file, present or not;
+    3. one written as a path (starting with /, ./, ../ or ~, with a backslash, or with a
+       Windows drive such as C:) is a path;
+    4. `owner/name` with hub-legal characters is a hub id, dots included;
+    5. anything else is a path.
+
+    Reads nothing but whether the path exists, so the bot's settings can call it too.
+    """
+    path = Path(source)
+    with contextlib.suppress(RuntimeError):  # "~someone" with no such user: a literal name
+        path = path.expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if _exists(path):
+        return path
+    if source.lower().endswith(tuple(CHECKPOINT_SUFFIXES)) or _written_as_path(source):
+        return path
+    if is_hub_id(source):
+        return source
+    return path
+
+
+def classify_source(source: str, base: Path | None = None) -> tuple[SourceKind, Path | str]:
+    """'folder' (diffusers layout), 'single_file' or 'hub', with the path or hub id
+    (`locate_source` decides which; `base` as there).
+
+    Raises CheckpointError when `source` names a path that does not exist or is not usable.
+    """
+    location = locate_source(source, base)
+    if isinstance(location, str):
+        return "hub", location
+    path = location
+    try:
+        if path.is_dir():
+            if (path / "model_index.json").is_file():
+                return "folder", path
+            raise CheckpointError(
+                f"{path} is a folder but not a diffusers model (it has no model_index.json): "
+                "point `source` at a diffusers folder or at a .safetensors checkpoint file."
+            )
+        if path.is_file():
+            return "single_file", path
+    except OSError as exc:
+        raise CheckpointError(f"model source {source}: cannot read {path}: {exc}.") from exc
+    what = "file" if source.lower().endswith(tuple(CHECKPOINT_SUFFIXES)) else "folder"
+    start = base if base is not None else Path.cwd()
+    raise CheckpointError(
+        f"model source {source}: missing {what}: {path.absolute()} does not exist. Check "
+        f"the path (relative paths start from {start}), or, for a hub model, give its id as "
+        "'owner/name'."
+    )
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def free_accelerator_memory() -> None:
+    """Collect dropped objects (pipelines hold reference cycles), then hand the allocator's
+    cached blocks back so the next model, or another process, can use them."""
     import gc
 
     import torch
@@ -97,3 +99,6 @@ def free_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        torch.mps.empty_cache()

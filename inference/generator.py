@@ -7,6 +7,7 @@ queue's worker thread, calls `generate`.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -81,7 +82,8 @@ class _StepWatcher:
         if self.is_cancelled is not None:
             self.cancelled.update(i for i in self.requests if self.is_cancelled(i))
             if len(self.cancelled) == len(self.requests):
-                raise GenerationCancelled()  # the documented way to stop a pipeline mid-run
+                raise GenerationCancelled()  # diffusers has no cancel API: raising from
+                # callback_on_step_end is what stops the call
         total = len(pipe.scheduler.timesteps)
         previews = self._previews(kwargs.get("latents"), step + 1, total)
         if self.on_progress is not None:
@@ -103,6 +105,31 @@ class _StepWatcher:
                 previews[i] = encode_preview(latents_to_rgb(latents[first], self.family))
         self.preview_seconds += time.monotonic() - now
         return previews
+
+
+def _release_frames(error: BaseException, *, stop_at: BaseException | None) -> None:
+    """Clear the locals of the finished frames in `error`'s tracebacks (and those of its
+    causes and contexts, down to `stop_at`), keeping file and line numbers for logging."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or current is stop_at or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            try:
+                tb.tb_frame.clear()
+            except RuntimeError:
+                pass  # still running: this call's own frame and its callers'
+            else:
+                if sys.version_info < (3, 13):
+                    # Before PEP 667 a frame caches a locals() snapshot (diffusers calls
+                    # locals() every step) that frame.clear() leaves behind.
+                    tb.tb_frame.f_locals.clear()
+            tb = tb.tb_next
+        pending += [current.__cause__, current.__context__]
 
 
 class DiffusersGenerator:
@@ -156,9 +183,7 @@ class DiffusersGenerator:
             return self._loaded[name]
         info = self.model_info(name)
         while len(self._loaded) >= max(1, self.options.max_resident_models):
-            evicted, _ = self._loaded.popitem(last=False)
-            logger.info("unloading model %s to make room for %s", evicted, name)
-            free_accelerator_memory()
+            self._unload_oldest(name)
         started = time.monotonic()
         pipe = load_pipeline(
             self.models[name],
@@ -177,12 +202,39 @@ class DiffusersGenerator:
         )
         return loaded
 
+    def _unload_oldest(self, reason: str) -> None:
+        """Drop the least recently used pipeline and return its memory before `reason` loads.
+
+        Deleted by key, never popped into a local: a name bound to the record (even `_`)
+        would keep the whole model, and on CUDA its VRAM, alive through the next load.
+        """
+        evicted = next(iter(self._loaded))
+        del self._loaded[evicted]
+        logger.info("unloading model %s to make room for %s", evicted, reason)
+        free_accelerator_memory()  # gc.collect(): pipelines hold reference cycles
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],
         on_progress: ProgressCallback | None = None,
         is_cancelled: CancelCheck | None = None,
         want_previews: bool = False,
+    ) -> list[GenerationResult | None]:
+        handled_by_caller = sys.exception()
+        try:
+            return self._generate(requests, on_progress, is_cancelled, want_previews)
+        except BaseException as error:
+            # The queue keeps a failed job's error; its traceback's frames hold the pipeline
+            # (`loaded`, `pipe`, the pipeline's own `self`) and would pin an evicted model.
+            _release_frames(error, stop_at=handled_by_caller)
+            raise
+
+    def _generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_progress: ProgressCallback | None,
+        is_cancelled: CancelCheck | None,
+        want_previews: bool,
     ) -> list[GenerationResult | None]:
         if not requests:
             return []

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import torch
 from inference.checkpoints import (
     CONFIGS_DIR,
     FAMILY_NAMES,
-    PICKLE_SUFFIXES,
     CheckpointHeader,
     check_components,
     check_shapes,
+    classify_source,
     detect_family,
     guess_sd2_prediction,
     guess_variant,
@@ -59,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 _SD_PIPELINES = frozenset({"StableDiffusionPipeline", "LatentConsistencyModelPipeline"})
 _SDXL_PIPELINES = frozenset({"StableDiffusionXLPipeline"})
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _NATIVE_SIZE: dict[ModelFamily, int] = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 
 # (steps, guidance, sampler) per family and variant.
@@ -84,30 +82,6 @@ def shipped_config_dir(family: ModelFamily) -> Path:
 
 
 # --- resolving a spec ----------------------------------------------------------------------
-
-
-def classify_source(source: str) -> tuple[SourceKind, Path | str]:
-    """'folder' (diffusers layout), 'single_file' or 'hub', with the path or hub id.
-
-    Raises CheckpointError when `source` names a path that does not exist or is not usable.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if (path / "model_index.json").is_file():
-            return "folder", path
-        raise CheckpointError(
-            f"{path} is a folder but not a diffusers model (it has no model_index.json): point "
-            "`source` at a diffusers folder or at a .safetensors checkpoint file."
-        )
-    if path.is_file():
-        return "single_file", path
-    looks_like_file = path.suffix.lower() in {*PICKLE_SUFFIXES, ".safetensors", ".sft"}
-    if _HUB_ID.fullmatch(source) and not looks_like_file:
-        return "hub", source
-    raise CheckpointError(
-        f"model source {source} does not exist: check the path (relative paths start from "
-        f"{Path.cwd()}), or give a hub id such as 'org/name'."
-    )
 
 
 @dataclass(frozen=True)
@@ -267,12 +241,22 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _not_a_local_folder(hub_id: str) -> str:
+    return (
+        f"(If you meant a local folder: there is no ./{hub_id}; write local paths with ./ "
+        "or in full.)"
+    )
+
+
 def _hub_unavailable(hub_id: str, reason: str) -> HubUnavailableError:
+    # `hf` is huggingface_hub's CLI; it replaced `huggingface-cli`, which it no longer ships.
+    folder = f"models/{hub_id.rpartition('/')[2]}"
     return HubUnavailableError(
         f"model {hub_id} is a Hugging Face hub id, but the hub cannot be reached ({reason}) and "
         "the model is not in the local cache. Download it on a machine with network access "
-        "(e.g. `huggingface-cli download " + hub_id + "`, then copy the cache or the folder "
-        "here), or point `source` at a local .safetensors file or diffusers folder."
+        f"(`hf download {hub_id} --local-dir {folder}`), copy that folder here and set "
+        f"`source` to ./{folder}; or point `source` at a local .safetensors file. "
+        + _not_a_local_folder(hub_id)
     )
 
 
@@ -295,11 +279,12 @@ def _hub_json(hub_id: str, filename: str) -> dict[str, Any]:
     except GatedRepoError as exc:
         raise ModelError(
             f"hub model {hub_id} is gated: accept its licence on huggingface.co and log in "
-            "(`huggingface-cli login`), or download it and point `source` at the files."
+            "(`hf auth login`), or download it and point `source` at the files."
         ) from exc
     except RepositoryNotFoundError as exc:
         raise ModelError(
-            f"hub model {hub_id} does not exist (or is private): check the id in `source`."
+            f"hub model {hub_id} does not exist (or is private): check the id in `source`. "
+            + _not_a_local_folder(hub_id)
         ) from exc
     except EntryNotFoundError as exc:
         raise CheckpointError(
@@ -475,20 +460,45 @@ def _load_single_file(plan: _Plan, torch_dtype: torch.dtype) -> Pipeline:
     }
     if sdxl:
         components["tokenizer_2"] = tokenizer_for(config_dir, "tokenizer_2")
-    # config= a local folder and local_files_only: diffusers would otherwise fetch configs.
-    pipe = _pipeline_type(plan.pipeline_class).from_single_file(
-        str(plan.location),
-        config=str(config_dir),
-        local_files_only=True,
-        **_dtype_kwargs(torch_dtype),
-        **components,
-        **_no_extras(plan.pipeline_class),
-    )
+    try:
+        # config= a local folder and local_files_only: diffusers would otherwise fetch configs.
+        pipe = _pipeline_type(plan.pipeline_class).from_single_file(
+            str(plan.location),
+            config=str(config_dir),
+            local_files_only=True,
+            **_dtype_kwargs(torch_dtype),
+            **components,
+            **_no_extras(plan.pipeline_class),
+        )
+    except Exception:
+        # With accelerate, weights the file lacks stay on the meta device and diffusers fails
+        # with "Cannot copy out of meta tensor": name the missing weights instead.
+        _check_complete(_modules_on_meta(plan), plan)
+        raise
     _check_complete(pipe, plan)
     return pipe
 
 
-def _check_complete(pipe: Pipeline, plan: _Plan) -> None:
+def _modules_on_meta(plan: _Plan) -> dict[str, Any]:
+    """The plan's networks built from its configs on the meta device: names, no memory."""
+    import importlib
+
+    assert plan.config_dir is not None
+    index = _read_json(plan.config_dir / "model_index.json")
+    modules: dict[str, Any] = {}
+    with torch.device("meta"):
+        for component in LDM_PREFIXES[plan.info.family]:
+            library, class_name = index[component]
+            cls = getattr(importlib.import_module(library), class_name)
+            folder = plan.config_dir / component
+            if library == "diffusers":
+                modules[component] = cls.from_config(cls.load_config(folder))
+            else:
+                modules[component] = cls(cls.config_class.from_pretrained(folder))
+    return modules
+
+
+def _check_complete(pipe: Pipeline | dict[str, Any], plan: _Plan) -> None:
     """Fail if any weight was left at its random initial value.
 
     diffusers loads single files with strict=False, so a checkpoint lacking some weights
@@ -497,7 +507,7 @@ def _check_complete(pipe: Pipeline, plan: _Plan) -> None:
     assert plan.header is not None
     family = plan.info.family
     for component in LDM_PREFIXES[family]:
-        module = getattr(pipe, component)
+        module = pipe[component] if isinstance(pipe, dict) else getattr(pipe, component)
         config = dict(module.config) if component in ("unet", "vae") else None
         namer = KeyNamer(family, component, config)
         missing = missing_weights(plan.header, namer, module.state_dict().keys())
