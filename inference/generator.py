@@ -344,6 +344,7 @@ class DiffusersGenerator:
             )
             grid = None
             if len(own) > 1:
-                grid = encode_png(make_grid(own), parameters_text(request, request.seed))
+                sheet = make_grid(own)
+                grid = encode_png(sheet, parameters_text(request, request.seed, sheet.size))
             results.append(GenerationResult(request, generated, grid, elapsed, notes))
         return results

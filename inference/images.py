@@ -14,11 +14,15 @@ from inference.types import GenerationRequest
 GENERATOR_NAME = "imagine-bot"
 
 
-def parameters_text(request: GenerationRequest, seed: int) -> str:
+def parameters_text(
+    request: GenerationRequest, seed: int, size: tuple[int, int] | None = None
+) -> str:
     """The "parameters" text A1111 writes, which most image sites and tools parse.
 
     The format is prompt, then "Negative prompt: ...", then one line of "Key: value" pairs.
+    `size`: the file's own size when it is not one image of the request (a grid).
     """
+    width, height = size or (request.width, request.height)
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
@@ -27,7 +31,7 @@ def parameters_text(request: GenerationRequest, seed: int) -> str:
         "Sampler": request.sampler,
         "CFG scale": f"{request.guidance:g}",
         "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
+        "Size": f"{width}x{height}",
         "Model": request.model,
         "Version": GENERATOR_NAME,
     }

@@ -13,6 +13,7 @@ from sd_parsers import ParserManager
 from inference.device import RuntimeOptions
 from inference.errors import GenerationCancelled
 from inference.generator import DiffusersGenerator
+from inference.images import read_parameters
 from inference.samplers import sampler_names
 from inference.testing import TinyModel
 from inference.types import GenerationRequest, ModelSpec
@@ -65,6 +66,8 @@ def test_batch_uses_seed_plus_i_and_each_image_reproduces_alone(
     assert [i.seed for i in batch.images] == [100, 101, 102, 103]
     grid = Image.open(io.BytesIO(batch.grid_png))
     assert grid.size == (128, 128)
+    assert "Size: 128x128" in read_parameters(batch.grid_png)  # the grid's own size
+    assert "Size: 64x64" in read_parameters(batch.images[0].png)
     [alone] = generator.generate([request(seed=102)])
     # Batched and single matmuls may round differently; the picture is the same.
     difference = np.abs(pixels(batch.images[2].png) - pixels(alone.images[0].png))
