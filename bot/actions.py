@@ -60,12 +60,20 @@ def actor_of(interaction: discord.Interaction) -> Actor:
     )
 
 
-def is_moderator(member: discord.abc.User | None, moderator_role_ids: frozenset[int]) -> bool:
+def has_rights(
+    member: discord.abc.User | None, permission: str, moderator_role_ids: frozenset[int]
+) -> bool:
+    """A server member with `permission` (a discord.Permissions flag name) or a configured
+    moderator role. Outside a server nobody has rights over others' work."""
     if not isinstance(member, discord.Member):
         return False
-    if member.guild_permissions.manage_messages:
+    if getattr(member.guild_permissions, permission):
         return True
     return any(role.id in moderator_role_ids for role in member.roles)
+
+
+def is_moderator(member: discord.abc.User | None, moderator_role_ids: frozenset[int]) -> bool:
+    return has_rights(member, "manage_messages", moderator_role_ids)
 
 
 class Actions:

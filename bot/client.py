@@ -16,8 +16,9 @@ from bot.cogs.history import HistoryCog
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.reactions import ReactionsCog
 from bot.delivery import Deliverer, DeliveryPolicy, ResultView
-from bot.errors import fit_to_discord, user_message
+from bot.errors import user_message
 from bot.limits import RateLimiter
+from bot.render import clip
 from bot.settings import Settings
 from bot.store import Store
 from bot.submission import Submitter
@@ -112,7 +113,7 @@ class ImagineBot(commands.Bot):
 
     @staticmethod
     async def reply_ephemeral(interaction: discord.Interaction, text: str) -> None:
-        text = fit_to_discord(text)  # an over-long reply would be refused: the user gets nothing
+        text = clip(text)  # an over-long reply would be refused: the user gets nothing
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

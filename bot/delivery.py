@@ -360,6 +360,7 @@ class Deliverer:
         self._delivering.add(job_id)
         try:
             if job_id in self._abandoned:
+                self._abandoned.discard(job_id)
                 await self.store.mark_delivered(job_id)  # its message was deleted: settle
                 return
             failures: list[str] = []
@@ -400,12 +401,7 @@ class Deliverer:
                     )
                 return target, message, False
             except DISCORD_FAILURES as error:
-                failures.append(f"interaction: {describe_failure(error)}")
-                logger.warning(
-                    "job %d: delivery through the interaction failed: %s",
-                    final.job_id,
-                    describe_failure(error),
-                )
+                _note_failure(failures, final.job_id, "the interaction", error)
                 if is_permanent(error):
                     target = replace(target, interaction_token=None, token_expires_at=None)
         # Route 2: a new message in the channel that mentions the requester.
@@ -426,13 +422,7 @@ class Deliverer:
                 )
             return target, message, False
         except DISCORD_FAILURES as error:
-            failures.append(f"channel: {describe_failure(error)}")
-            logger.warning(
-                "job %d: posting the result to channel %s failed: %s",
-                final.job_id,
-                target.channel_id,
-                describe_failure(error),
-            )
+            _note_failure(failures, final.job_id, f"channel {target.channel_id}", error)
             return target, None, is_permanent(error)
 
     def _fields(self, final: FinalMessage, *, edit: bool) -> dict[str, Any]:
@@ -606,6 +596,11 @@ class Deliverer:
             DEFAULT_UPLOAD_LIMIT,
         )
         await self.deliver(target, message, look_first=True)
+
+
+def _note_failure(failures: list[str], job_id: int, route: str, error: BaseException) -> None:
+    failures.append(f"{route}: {describe_failure(error)}")
+    logger.warning("job %d: delivery through %s failed: %s", job_id, route, failures[-1])
 
 
 def _utc(timestamp: float) -> datetime.datetime:

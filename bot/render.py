@@ -11,10 +11,29 @@ from inference.types import GenerationRequest, Progress
 
 EMBED_COLOUR = 0x5865F2
 MAX_CONTENT = 2000  # Discord's cap on message content
+ELLIPSIS = "…"
 
 
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def discord_length(text: str) -> int:
+    """Length in UTF-16 code units: never less than Discord's own count, so text that fits
+    here is accepted (an emoji outside the BMP counts twice)."""
+    # surrogatepass: a lone surrogate (JSON allows "\ud800") must not crash a reply.
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def clip(text: str, limit: int = MAX_CONTENT) -> str:
+    """`text`, or its start plus "…", within `limit` (Discord refuses a longer message, and
+    a refused reply leaves the user with nothing)."""
+    if discord_length(text) <= limit:
+        return text
+    budget = limit - discord_length(ELLIPSIS)
+    kept: list[str] = []
+    for char in text:
+        budget -= 2 if ord(char) > 0xFFFF else 1
+        if budget < 0:
+            break
+        kept.append(char)
+    return "".join(kept).rstrip() + ELLIPSIS
 
 
 def format_duration(seconds: float | None) -> str:

@@ -187,9 +187,4 @@ class KeyedLocks:
 def storage_unavailable(error: sqlite3.OperationalError) -> StorageUnavailableError:
     """SQLite could not write (disk full, read-only file): the user gets the storage message."""
     logger.error("the database refused a write: %s", error)
-    if "full" in str(error):
-        return StorageUnavailableError("the bot's disk is full; an operator has been told")
-    return StorageUnavailableError(
-        "the bot cannot save anything right now (its storage refuses writes); "
-        "an operator has been told"
-    )
+    return StorageUnavailableError.because(disk_full="full" in str(error))

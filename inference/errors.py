@@ -58,7 +58,17 @@ class NotYourJobError(InferenceError):
 
 
 class StorageUnavailableError(InferenceError):
-    """The bot cannot keep images: its disk is full or its output folder refuses writes."""
+    """The bot cannot keep images or jobs: its disk is full or its storage refuses writes."""
+
+    @classmethod
+    def because(cls, *, disk_full: bool) -> StorageUnavailableError:
+        """The one wording users see, whichever part of the storage failed."""
+        if disk_full:
+            return cls("the bot's disk is full; an operator has been told")
+        return cls(
+            "the bot cannot save images right now (its storage refuses writes); "
+            "an operator has been told"
+        )
 
 
 class GenerationFailedError(InferenceError):

@@ -535,12 +535,7 @@ class JobQueue:
 
 def storage_failure(error: OSError) -> StorageUnavailableError:
     """What users are told when the bot cannot keep their images."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageUnavailableError("the bot's disk is full; an operator has been told")
-    return StorageUnavailableError(
-        "the bot cannot save images right now (its storage refuses writes); "
-        "an operator has been told"
-    )
+    return StorageUnavailableError.because(disk_full=error.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def _probe_write(directory: Path) -> None:

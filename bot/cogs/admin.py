@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.actions import has_rights
 from bot.errors import UserFacingError
 from bot.store import GuildSettings
 
@@ -23,11 +24,7 @@ class AdminOnly(UserFacingError, app_commands.CheckFailure):
 
 
 def may_administer(member: discord.abc.User, moderator_role_ids: frozenset[int]) -> bool:
-    if not isinstance(member, discord.Member):
-        return False
-    if member.guild_permissions.manage_guild:
-        return True
-    return any(role.id in moderator_role_ids for role in member.roles)
+    return has_rights(member, "manage_guild", moderator_role_ids)
 
 
 def refusal(moderator_role_ids: frozenset[int]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,17 +41,12 @@ async def start_bot(
     return await botprocess.start_bot(fake, tiny, directory, TEST_SPEED + extra, wrapper=wrapper)
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def bot(
-    fake: FakeDiscord, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
+@contextlib.asynccontextmanager
+async def module_bot(
+    fake: FakeDiscord, tiny: TinyModel, directory: Path, extra: str = ""
 ) -> AsyncIterator[BotProcess]:
-    process = await start_bot(
-        fake,
-        tiny_model,
-        tmp_path_factory.mktemp("bot"),
-        "\n[rate_limits]\nimages_per_window = 6\nwindow_minutes = 10.0\n"
-        "[queue]\nmax_queued_per_user = 4\n[limits]\nmax_steps = 1000\n",
-    )
+    """A bot shared by a test module; it must still stop cleanly (exit 0) at the end."""
+    process = await start_bot(fake, tiny, directory, extra)
     try:
         yield process
         if process.alive:
@@ -58,3 +54,17 @@ async def bot(
             assert code == 0, process.log_text()[-3000:]
     finally:
         await process.kill()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def bot(
+    fake: FakeDiscord, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BotProcess]:
+    async with module_bot(
+        fake,
+        tiny_model,
+        tmp_path_factory.mktemp("bot"),
+        "\n[rate_limits]\nimages_per_window = 6\nwindow_minutes = 10.0\n"
+        "[queue]\nmax_queued_per_user = 4\n[limits]\nmax_steps = 1000\n",
+    ) as process:
+        yield process

@@ -12,6 +12,7 @@ from sd_parsers import ParserManager
 from tests.e2e.botprocess import BotProcess
 from tests.e2e.fakediscord import CallbackType, FakeDiscord
 from tests.e2e.fakediscord.models import MessageRecord
+from tests.e2e.results import has_images
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 WAIT = 60.0
@@ -21,10 +22,6 @@ def parse_png(data: bytes):
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG"
     return image, ParserManager().parse(image)
-
-
-def has_images(message: MessageRecord) -> bool:
-    return any(a.filename.startswith("job-") for a in message.attachments)
 
 
 async def imagine(fake: FakeDiscord, options: dict, user=None) -> MessageRecord:

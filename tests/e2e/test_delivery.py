@@ -7,7 +7,6 @@ quickly here (`[delivery]` below), as an operator's bot would over minutes.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,9 +14,10 @@ import pytest_asyncio
 
 from inference.testing import TinyModel
 from tests.e2e.botprocess import BotProcess
-from tests.e2e.conftest import start_bot
-from tests.e2e.fakediscord import CallbackType, FakeDiscord, MessageRecord, uploads_matching
-from tests.e2e.test_bot import ephemeral_reply, has_images
+from tests.e2e.conftest import module_bot
+from tests.e2e.fakediscord import CallbackType, FakeDiscord, uploads_matching
+from tests.e2e.results import delivered_jobs, has_images, job_of
+from tests.e2e.test_bot import ephemeral_reply
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 WAIT = 60.0
@@ -42,34 +42,13 @@ window_minutes = 10.0
 async def bot(
     fake: FakeDiscord, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[BotProcess]:
-    process = await start_bot(fake, tiny_model, tmp_path_factory.mktemp("delivery"), FAST_RETRIES)
     try:
-        yield process
-        assert await process.stop() == 0, process.log_text()[-3000:]
+        async with module_bot(
+            fake, tiny_model, tmp_path_factory.mktemp("delivery"), FAST_RETRIES
+        ) as process:
+            yield process
     finally:
         fake.clear_faults()
-        await process.kill()
-
-
-def deliveries(fake: FakeDiscord, since: int = 0) -> Counter[int]:
-    """Messages newer than message `since` carrying each job's images (an edited message
-    counts once). Job ids restart with each bot's database: pass `since` between bots."""
-    counts: Counter[int] = Counter()
-    for message in fake.messages_in():
-        if message.id <= since:
-            continue
-        counts.update(
-            {
-                int(a.filename.split("-")[1])
-                for a in message.attachments
-                if a.filename.startswith("job-")
-            }
-        )
-    return counts
-
-
-def job_id_of(message: MessageRecord) -> int:
-    return int(message.attachments[0].filename.split("-")[1])
 
 
 async def test_when_the_interaction_keeps_failing_the_result_goes_to_the_channel(
@@ -85,7 +64,7 @@ async def test_when_the_interaction_keeps_failing_the_result_goes_to_the_channel
     finally:
         rule.stop()
     assert rule.hits, "the fault never happened"
-    assert deliveries(fake)[job_id_of(posted)] == 1
+    assert delivered_jobs(fake)[job_of(posted)] == 1
     original = await handle.wait_for_original(lambda m: "Done" in m.content, timeout=WAIT)
     assert not has_images(original)  # the progress message points at the post instead
     assert f"/channels/{fake.guild.id}/{posted.channel_id}/{posted.id}" in original.content
@@ -105,13 +84,13 @@ async def test_a_post_whose_answer_is_lost_is_not_posted_twice(
         posted = await fake.wait_for_message(
             lambda m: has_images(m) and f"<@{user.id}>" in m.content, timeout=WAIT
         )
-        job_id = job_id_of(posted)
+        job_id = job_of(posted)
         await fake.wait_for(lambda f: f"job {job_id}: delivered" in bot.log_text(), timeout=WAIT)
     finally:
         dead.stop()
         lost.stop()
     assert len(lost.hits) == 1, "the answer was never dropped"
-    assert deliveries(fake)[job_id] == 1
+    assert delivered_jobs(fake)[job_id] == 1
 
 
 async def test_when_discord_never_accepts_the_job_fails_visibly_and_is_refunded(
@@ -134,7 +113,7 @@ async def test_when_discord_never_accepts_the_job_fails_visibly_and_is_refunded(
     history = await ephemeral_reply(fake, "history", {}, user=user)
     assert "❌" in history and "not delivered" in history and "images are kept" in history
     job_id = int(re.search(r"\*\*(\d+)\*\*", history).group(1))  # type: ignore[union-attr]
-    assert deliveries(fake)[job_id] == 0
+    assert delivered_jobs(fake)[job_id] == 0
     # Refunded: 4 more images fit in the 6-per-window budget only if the first 4 went back.
     final = await (
         fake.invoke_slash("imagine", {"prompt": "second try", "steps": 2, "count": 4}, user=user)
@@ -155,7 +134,7 @@ async def test_a_failed_defer_still_delivers_the_image_to_the_channel(
         lambda m: has_images(m) and f"<@{user.id}>" in m.content, timeout=WAIT
     )
     assert rule.hits and handle.callback_type is None  # Discord never saw the deferral
-    assert deliveries(fake)[job_id_of(posted)] == 1
+    assert delivered_jobs(fake)[job_of(posted)] == 1
 
 
 async def test_a_progress_edit_failing_does_not_stop_the_result(
@@ -167,5 +146,18 @@ async def test_a_progress_edit_failing_does_not_stop_the_result(
     handle = fake.invoke_slash("imagine", {"prompt": "through the storm", "steps": 30}, user=user)
     final = await handle.wait_for_original(has_images, timeout=WAIT)
     assert len(rule.hits) == 2
-    assert deliveries(fake)[job_id_of(final)] == 1
+    assert delivered_jobs(fake)[job_of(final)] == 1
     assert handle.callback_type == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+
+
+async def test_rate_limits_on_the_upload_are_waited_out_and_deliver_once(
+    fake: FakeDiscord, bot: BotProcess
+) -> None:
+    """429s are discord.py's to wait out (no retries of ours on top): one message, once."""
+    user = fake.add_user("rate_limited_upload")
+    before = len(fake.rate_limited)
+    fake.rate_limit(method="PATCH", path=WEBHOOK_EDIT, count=2, retry_after=0.3)
+    handle = fake.invoke_slash("imagine", {"prompt": "slow down", "steps": 2}, user=user)
+    final = await handle.wait_for_original(has_images, timeout=WAIT)
+    assert len(fake.rate_limited) - before == 2
+    assert delivered_jobs(fake)[job_of(final)] == 1

@@ -14,8 +14,8 @@ from inference.testing import TinyModel
 from tests.e2e.botprocess import BotProcess, wait_until_ready
 from tests.e2e.conftest import start_bot
 from tests.e2e.fakediscord import FakeDiscord, FaultRule, InteractionHandle, uploads_matching
-from tests.e2e.test_bot import has_images
-from tests.e2e.test_delivery import RESULT_FILE, WEBHOOK_EDIT, deliveries
+from tests.e2e.results import delivered_jobs, has_images, latest_message
+from tests.e2e.test_delivery import RESULT_FILE, WEBHOOK_EDIT
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 WAIT = 60.0
@@ -36,10 +36,6 @@ async def imagine_until_upload_stalls(
     handle = fake.invoke_slash("imagine", {"prompt": "caught mid-upload", "steps": 2}, user=user)
     await fake.wait_for(lambda f: rule.stalled_now == 1, timeout=WAIT)
     return handle, rule
-
-
-def latest_message(fake: FakeDiscord) -> int:
-    return max((m.id for m in fake.messages_in()), default=0)
 
 
 async def restart(fake: FakeDiscord, bot: BotProcess) -> None:
@@ -67,7 +63,7 @@ async def test_killed_or_stopped_during_the_final_upload_delivers_once_after_res
         final = await handle.wait_for_original(has_images, timeout=WAIT)
         job_id = int(final.attachments[0].filename.split("-")[1])
         await fake.wait_for(lambda f: f"job {job_id}: delivered" in bot.log_text(), timeout=WAIT)
-        assert deliveries(fake, since)[job_id] == 1
+        assert delivered_jobs(fake, since)[job_id] == 1
         assert await bot.stop() == 0
     finally:
         await bot.kill()
@@ -87,7 +83,7 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
         job_id = int(handle.original.attachments[0].filename.split("-")[1])  # type: ignore[union-attr]
         await restart(fake, bot)  # recorded as delivered: nothing is sent again
         await asyncio.sleep(2)
-        assert deliveries(fake, since)[job_id] == 1
+        assert delivered_jobs(fake, since)[job_id] == 1
         assert f"job {job_id}: delivered" not in bot.log_text().split("===== start 2")[1]
         assert await bot.stop() == 0
     finally:

@@ -12,8 +12,9 @@ from tests.e2e.botprocess import wait_until_ready, write_config
 from tests.e2e.conftest import TEST_SPEED, start_bot
 from tests.e2e.fakediscord import FakeDiscord
 from tests.e2e.fakediscord.constants import Permission
-from tests.e2e.test_bot import ephemeral_reply, has_images, imagine
-from tests.e2e.test_rerolls import LIMITS, job_of
+from tests.e2e.results import has_images, job_of
+from tests.e2e.test_bot import ephemeral_reply, imagine
+from tests.e2e.test_rerolls import LIMITS
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 WAIT = 60.0

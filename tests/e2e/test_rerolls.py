@@ -12,11 +12,11 @@ import pytest_asyncio
 
 from inference.testing import TinyModel
 from tests.e2e.botprocess import BotProcess
-from tests.e2e.conftest import start_bot
+from tests.e2e.conftest import module_bot
 from tests.e2e.fakediscord import CallbackType, FakeDiscord
 from tests.e2e.fakediscord.constants import Permission
-from tests.e2e.fakediscord.models import MessageRecord
-from tests.e2e.test_bot import ephemeral_reply, has_images, imagine
+from tests.e2e.results import has_images, job_of
+from tests.e2e.test_bot import ephemeral_reply, imagine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 WAIT = 60.0
@@ -33,24 +33,11 @@ max_queued_per_user = 4
 async def bot(
     fake: FakeDiscord, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[BotProcess]:
-    process = await start_bot(
-        fake,
-        tiny_model,
-        tmp_path_factory.mktemp("rerolls"),
-        LIMITS + "[limits]\nmax_steps = 1000\n",
-    )
-    try:
+    directory = tmp_path_factory.mktemp("rerolls")
+    async with module_bot(
+        fake, tiny_model, directory, LIMITS + "[limits]\nmax_steps = 1000\n"
+    ) as process:
         yield process
-    finally:
-        await process.kill()
-
-
-def job_images(fake: FakeDiscord) -> list[MessageRecord]:
-    return [m for m in fake.messages_in() if has_images(m)]
-
-
-def job_of(message: MessageRecord) -> int:
-    return int(message.attachments[0].filename.split("-")[1])
 
 
 async def test_reaction_spam_makes_one_reroll_and_no_public_refusals(

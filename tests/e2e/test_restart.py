@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections import Counter
 
 import pytest
 
@@ -11,24 +10,10 @@ from inference.testing import TinyModel
 from tests.e2e.botprocess import wait_until_ready
 from tests.e2e.conftest import start_bot
 from tests.e2e.fakediscord import FakeDiscord
+from tests.e2e.results import delivered_jobs
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 WAIT = 90.0
-
-
-def delivered_jobs(fake: FakeDiscord, since: int) -> Counter[int]:
-    """How many messages newer than message `since` carry each job's image (job-<id>-<i>.png)."""
-    counts: Counter[int] = Counter()
-    for message in fake.messages_in():
-        if message.id <= since:
-            continue
-        jobs = {
-            int(a.filename.split("-")[1])
-            for a in message.attachments
-            if a.filename.startswith("job-")
-        }
-        counts.update(jobs)
-    return counts
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])

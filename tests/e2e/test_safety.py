@@ -17,9 +17,10 @@ import pytest_asyncio
 
 from inference.testing import TinyModel
 from tests.e2e.botprocess import BotProcess
-from tests.e2e.conftest import start_bot
+from tests.e2e.conftest import module_bot
 from tests.e2e.fakediscord import FakeDiscord, MessageRecord
-from tests.e2e.test_bot import ephemeral_reply, has_images, imagine, parse_png
+from tests.e2e.results import has_images
+from tests.e2e.test_bot import ephemeral_reply, imagine, parse_png
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 WAIT = 60.0
@@ -37,14 +38,9 @@ images_per_window = 100
 async def debug_bot(
     fake: FakeDiscord, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[BotProcess]:
-    process = await start_bot(fake, tiny_model, tmp_path_factory.mktemp("safety"), SAFETY_CONFIG)
-    try:
+    directory = tmp_path_factory.mktemp("safety")
+    async with module_bot(fake, tiny_model, directory, SAFETY_CONFIG) as process:
         yield process
-        if process.alive:
-            code = await process.stop()
-            assert code == 0, process.log_text()[-3000:]
-    finally:
-        await process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pytest
 from inference.testing import TinyModel
 from tests.e2e.conftest import start_bot
 from tests.e2e.fakediscord import CallbackType, FakeDiscord
-from tests.e2e.test_bot import ephemeral_reply, has_images
+from tests.e2e.results import has_images
+from tests.e2e.test_bot import ephemeral_reply
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 WAIT = 60.0

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from bot.__main__ import RedactSecrets
 from bot.client import ImagineBot, Services
-from bot.errors import DISCORD_CONTENT_LIMIT, discord_length, fit_to_discord, user_message
+from bot.errors import user_message
+from bot.render import MAX_CONTENT, clip, discord_length
 from bot.settings import Settings, load_settings
 from bot.startup import StartupError, explain_startup_error, prepare_data_dir
 from inference.errors import InvalidRequestError, UnknownModelError
@@ -58,24 +59,24 @@ def test_the_client_pings_nobody_unless_a_send_allows_the_requester(settings: Se
 
 
 @given(st.text(max_size=5000))
-def test_fit_to_discord_always_fits_and_keeps_the_start(text: str) -> None:
-    fitted = fit_to_discord(text)
-    assert discord_length(fitted) <= DISCORD_CONTENT_LIMIT
-    if discord_length(text) <= DISCORD_CONTENT_LIMIT:
+def test_clip_always_fits_and_keeps_the_start(text: str) -> None:
+    fitted = clip(text)
+    assert discord_length(fitted) <= MAX_CONTENT
+    if discord_length(text) <= MAX_CONTENT:
         assert fitted == text
     else:
         assert fitted.endswith("…") and text.startswith(fitted[:-1].rstrip())
 
 
 def test_fit_counts_emoji_as_discord_may() -> None:
-    fitted = fit_to_discord("🦊" * 1500)  # 3,000 UTF-16 units
-    assert discord_length(fitted) <= DISCORD_CONTENT_LIMIT and fitted.startswith("🦊" * 999)
+    fitted = clip("🦊" * 1500)  # 3,000 UTF-16 units
+    assert discord_length(fitted) <= MAX_CONTENT and fitted.startswith("🦊" * 999)
 
 
 def test_an_error_quoting_a_huge_input_still_fits() -> None:
     name = "x" * 6000
     text = user_message(UnknownModelError(f"model: unknown model {name!r}; available: tiny"))
-    assert text.startswith("⚠️ model: unknown model") and len(text) <= DISCORD_CONTENT_LIMIT
+    assert text.startswith("⚠️ model: unknown model") and len(text) <= MAX_CONTENT
     assert len(user_message(InvalidRequestError("prompt", "\ud800" * 3000))) <= 2000
 
 
@@ -95,7 +96,7 @@ async def test_reply_ephemeral_never_sends_more_than_discord_accepts() -> None:
     interaction = SimpleNamespace(response=_Response())
     await ImagineBot.reply_ephemeral(interaction, "⚠️ " + "long " * 3000)  # type: ignore[arg-type]
     [sent] = interaction.response.sent
-    assert sent.startswith("⚠️ long") and discord_length(sent) <= DISCORD_CONTENT_LIMIT
+    assert sent.startswith("⚠️ long") and discord_length(sent) <= MAX_CONTENT
 
 
 # --- log redaction -----------------------------------------------------------------------------
