@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from bench.common import append_row, commit, device, print_table, today
 from inference.device import RuntimeOptions
 from inference.generator import DiffusersGenerator
-from inference.types import GenerationRequest, ModelSpec
+from inference.types import GenerationRequest, ModelFamily, ModelSpec
 
 SECTION = "## Pipeline"
 
@@ -65,7 +65,7 @@ def random_full_size_model(arch: str, directory: Path) -> ModelSpec:
     from inference.models import shipped_config_dir
     from inference.tokens import clip_tokenizer
 
-    family = {"sd15": "sd1", "sdxl": "sdxl"}[arch]
+    family: ModelFamily = "sdxl" if arch == "sdxl" else "sd1"
     configs = shipped_config_dir(family)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device_type):  # initialise on the GPU: seconds instead of minutes
@@ -80,6 +80,7 @@ def random_full_size_model(arch: str, directory: Path) -> ModelSpec:
     from diffusers import EulerDiscreteScheduler
 
     scheduler = EulerDiscreteScheduler.from_pretrained(configs / "scheduler")
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
     if family == "sdxl":
         pipe = StableDiffusionXLPipeline(
             tokenizer=clip_tokenizer(),

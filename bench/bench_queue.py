@@ -192,7 +192,7 @@ async def lag_during_jobs(
 ) -> LagCase:
     async with (
         await Store.open(folder / "store.db") as store,
-        JobQueue(generator, store, QueueSettings(output_dir=folder / "images")) as queue,
+        JobQueue(generator, store.jobs, QueueSettings(output_dir=folder / "images")) as queue,
         LagProbe(interval_s) as probe,
     ):
         started = time.perf_counter()
@@ -271,7 +271,7 @@ async def measure_overhead(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="direct") as thread:
         async with (
             await Store.open(folder / "store.db") as store,
-            JobQueue(generator, store, QueueSettings(output_dir=folder / "images")) as queue,
+            JobQueue(generator, store.jobs, QueueSettings(output_dir=folder / "images")) as queue,
         ):
             await through_queue(queue, requests[:1])  # warm-up: both threads, both paths
             direct(generator, thread, requests[:1])
@@ -388,7 +388,7 @@ async def measure_load(args: argparse.Namespace, scratch: Path) -> LoadResult:
     problems: list[str] = []
     handles: list[JobHandle] = []
     async with await Store.open(scratch / "load" / "store.db") as store:
-        journal = TimedJournal(store)
+        journal = TimedJournal(store.jobs)
         queue = JobQueue(fake, journal, settings)
         await queue.start()
         try:
@@ -431,12 +431,12 @@ async def measure_load(args: argparse.Namespace, scratch: Path) -> LoadResult:
                 f"{len(set(journal.created))} jobs created, {len(journal.done)} marked done"
             )
         # The store is the truth: every row done, none left over, none extra.
-        if await store.unfinished_jobs():
+        if await store.jobs.unfinished_jobs():
             problems.append("jobs left queued or running in the store")
         stored = 0
         for user in range(users):
-            total = await store.count_history(user + 1)
-            done = await store.count_history(user + 1, states=[JobState.DONE])
+            total = await store.jobs.count_history(user + 1)
+            done = await store.jobs.count_history(user + 1, states=[JobState.DONE])
             if total != per_user[user] or done != per_user[user]:
                 problems.append(f"user {user + 1}: {done}/{total} done in the store")
             stored += total

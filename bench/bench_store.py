@@ -16,7 +16,9 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +28,8 @@ from bot.limits import LimitPolicy, RateLimiter
 from bot.store import Store
 from inference.jobs import JobOutcome, JobState, Owner, StoredImage
 from inference.types import GenerationRequest
+
+T = TypeVar("T")
 
 SECTION = "## Store"
 OPS = (
@@ -67,7 +71,7 @@ async def run(jobs: int, users: int) -> tuple[dict[str, list[float]], float]:
     timings: dict[str, list[float]] = {op: [] for op in OPS}
     clock = time.perf_counter
 
-    async def timed(op: str, coro):  # type: ignore[no-untyped-def]
+    async def timed(op: str, coro: Awaitable[T]) -> T:
         start = clock()
         result = await coro
         timings[op].append((clock() - start) * 1000)
@@ -93,22 +97,24 @@ async def run(jobs: int, users: int) -> tuple[dict[str, list[float]], float]:
                 count = i % 4 + 1
                 await timed("check_and_record", limiter.check_and_record(user, guild, [], count, 0))
                 job_id = await timed(
-                    "create_job", store.create_job(Owner(user, guild), request(i, count))
+                    "create_job", store.jobs.create_job(Owner(user, guild), request(i, count))
                 )
                 owners[job_id] = user
                 counts[job_id] = count
             if len(owners) != jobs:
                 raise AssertionError(f"create_job returned {len(owners)} distinct ids for {jobs}")
-            unfinished = await store.unfinished_jobs()
+            unfinished = await store.jobs.unfinished_jobs()
             if [j.id for j in unfinished] != sorted(owners):
                 raise AssertionError("unfinished_jobs lost, duplicated or reordered jobs")
             # Phase 2: the worker drains the queue; results are delivered; users look back.
             for job in unfinished:
-                await timed("mark_running", store.mark_running(job.id))
-                await timed("mark_done", store.mark_done(job.id, outcome(job.id, counts[job.id])))
-                if not await timed("mark_delivered", store.mark_delivered(job.id)):
+                await timed("mark_running", store.jobs.mark_running(job.id))
+                await timed(
+                    "mark_done", store.jobs.mark_done(job.id, outcome(job.id, counts[job.id]))
+                )
+                if not await timed("mark_delivered", store.jobs.mark_delivered(job.id)):
                     raise AssertionError(f"job {job.id} was already delivered")
-                await timed("history", store.history(job.owner.user_id, limit=10))
+                await timed("history", store.jobs.history(job.owner.user_id, limit=10))
             elapsed = clock() - started
             await verify(store, owners, counts, users)
     return timings, elapsed
@@ -116,12 +122,12 @@ async def run(jobs: int, users: int) -> tuple[dict[str, list[float]], float]:
 
 async def verify(store: Store, owners: dict[int, int], counts: dict[int, int], users: int) -> None:
     """None lost, none duplicated: every job done once, delivered once, with its images."""
-    if await store.unfinished_jobs() or await store.undelivered_finished_jobs():
+    if await store.jobs.unfinished_jobs() or await store.jobs.undelivered_finished_jobs():
         raise AssertionError("jobs left unfinished or undelivered")
     seen: list[int] = []
     for user in range(1, users + 1):
-        total = await store.count_history(user)
-        history = await store.history(user, limit=total + 1)
+        total = await store.jobs.count_history(user)
+        history = await store.jobs.history(user, limit=total + 1)
         if len(history) != total:
             raise AssertionError(f"user {user}: history has {len(history)} of {total} jobs")
         for job in history:
@@ -129,7 +135,7 @@ async def verify(store: Store, owners: dict[int, int], counts: dict[int, int], u
                 raise AssertionError(f"job {job.id} is wrong: {job}")
             if job.outcome is None or len(job.outcome.images) != counts[job.id]:
                 raise AssertionError(f"job {job.id} has the wrong images")
-            if await store.mark_delivered(job.id):
+            if await store.jobs.mark_delivered(job.id):
                 raise AssertionError(f"job {job.id} was delivered twice")
             seen.append(job.id)
     if sorted(seen) != sorted(owners):

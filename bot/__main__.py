@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.flags import EXAMPLE, FLAGS
+
 if TYPE_CHECKING:
     from bot.settings import Settings
 
@@ -92,17 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="start the Discord bot")
 
     generate = commands.add_parser("generate", help="make an image without Discord")
-    generate.add_argument("prompt")
-    generate.add_argument("--negative", default=None, help="negative prompt")
-    generate.add_argument("--model", default=None, help="a configured model name")
-    generate.add_argument("--width", type=int)
-    generate.add_argument("--height", type=int)
-    generate.add_argument("--ar", dest="aspect_ratio", help="aspect ratio, e.g. 16:9")
-    generate.add_argument("--steps", type=int)
-    generate.add_argument("--guidance", "--cfg", type=float)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--sampler")
-    generate.add_argument("--count", type=int, help="1-4 images (one batched call) + grid")
+    generate.add_argument("prompt", help=f"the prompt; inline flags work too ({EXAMPLE})")
+    for flag in FLAGS:  # the same options as /imagine's inline flags, from their one table
+        generate.add_argument(
+            *(f"--{name}" for name in flag.names), dest=flag.option, type=flag.value_type
+        )
     generate.add_argument("--out", type=Path, default=Path("image.png"))
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -123,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"imagine-bot: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, [settings.discord.token])
+    configure_logging(settings.log_level, [settings.discord.token.get_secret_value()])
     if args.command == "generate":
         return _generate(args, settings)
     return _run(settings)

@@ -253,4 +253,4 @@ class Actions:
         logger.info("job %d: its message was deleted; cancelled", record.id)
 
     async def _job_of_message(self, message_id: int) -> JobRecord | None:
-        return await self.services.store.job_by_message(message_id)
+        return await self.services.store.jobs.job_by_message(message_id)

@@ -38,11 +38,11 @@ def limit_policy(settings: Settings) -> LimitPolicy:
 
 
 def queue_settings(settings: Settings) -> QueueSettings:
+    """No per-user cap in the queue: bot/limits.py owns it (a guild may raise or lower it)."""
     q = settings.queue
     return QueueSettings(
         output_dir=settings.output_dir,
         max_queued=q.max_queued,
-        max_queued_per_user=q.max_queued_per_user,
         max_batch_images=q.max_batch_images,
         batching=q.batching,
         resume_after_restart=q.resume_after_restart,
@@ -71,7 +71,7 @@ async def run_bot(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         store = await Store.open(settings.database)
         stack.push_async_callback(store.close)
-        queue = JobQueue(generator, store, queue_settings(settings))
+        queue = JobQueue(generator, store.jobs, queue_settings(settings))
         # Imports, tokenizer and the default model load before Discord is connected: the
         # first interaction after a start must be answered within 3 s like any other.
         started = loop.time()
@@ -87,7 +87,8 @@ async def run_bot(settings: Settings) -> None:
         pruner = asyncio.create_task(prune_rate_events(limiter), name="prune-rate-events")
         stack.push_async_callback(cancel_and_wait, pruner)
 
-        runner = asyncio.create_task(bot.start(settings.discord.token), name="discord-client")
+        token = settings.discord.token.get_secret_value()
+        runner = asyncio.create_task(bot.start(token), name="discord-client")
         stopper = asyncio.create_task(stop.wait(), name="wait-for-signal")
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bot.flags import parse_inline_flags
+from bot.flags import FLAGS, flag_for, parse_inline_flags
 from bot.settings import Settings
 from inference.errors import InvalidRequestError
 from inference.generator import DiffusersGenerator
@@ -16,24 +16,16 @@ from inference.types import Progress
 
 def options_from_args(args: argparse.Namespace, default_model: str) -> RequestOptions:
     """The command line's options plus the prompt's inline flags (`"a fox --ar 16:9"`), as
-    /imagine reads them; the same option given both ways is an error naming both."""
-    given = {
-        "negative_prompt": args.negative,
-        "width": args.width,
-        "height": args.height,
-        "aspect_ratio": args.aspect_ratio,
-        "steps": args.steps,
-        "guidance": args.guidance,
-        "seed": args.seed,
-        "sampler": args.sampler,
-        "count": args.count,
-        "model": args.model,
-    }
+    /imagine reads them; the same option given both ways is an error naming both. Every inline
+    flag (bot/flags.py) has a command-line option too."""
+    given = {flag.option: getattr(args, flag.option) for flag in FLAGS}
     text, inline = parse_inline_flags(args.prompt)
     for field in inline:
         if given.get(field) is not None:
             raise InvalidRequestError(
-                field, "given both as a command-line option and as an inline flag; keep one"
+                field,
+                f"given both as a command-line option and as the inline flag {flag_for(field)};"
+                " keep one",
             )
     merged = {k: v for k, v in given.items() if v is not None} | inline
     merged.setdefault("model", default_model)

@@ -77,7 +77,7 @@ class ImagineBot(commands.Bot):
         for cog in (ImagineCog(self), ReactionsCog(self), HistoryCog(self), AdminCog(self)):
             await self.add_cog(cog)
         self.add_view(ResultView(self))  # persistent buttons survive restarts
-        self.tree.on_error = self.on_app_command_error
+        self.tree.error(self.on_app_command_error)  # the tree's documented hook
         await self._sync_commands()
         await self.delivery.resume_after_restart()
 

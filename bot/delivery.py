@@ -315,7 +315,7 @@ class Deliverer:
         if message is None or message.id == target.message_id or target.channel_id is None:
             return target
         try:
-            await self.store.set_delivery_target(
+            await self.store.jobs.set_delivery_target(
                 target.job_id, channel_id=target.channel_id, message_id=message.id
             )
         except Exception:  # it only helps reactions/buttons find the job; not fatal
@@ -361,7 +361,7 @@ class Deliverer:
         try:
             if job_id in self._abandoned:
                 self._abandoned.discard(job_id)
-                await self.store.mark_delivered(job_id)  # its message was deleted: settle
+                await self.store.jobs.mark_delivered(job_id)  # its message was deleted: settle
                 return
             failures: list[str] = []
             for delay in (0.0, *self.policy.retry_delays_s):
@@ -481,7 +481,7 @@ class Deliverer:
     ) -> None:
         message_id = message.id if message is not None else None
         try:
-            await self.store.mark_delivered(
+            await self.store.jobs.mark_delivered(
                 final.job_id, channel_id=target.channel_id, message_id=message_id
             )
         except Exception:
@@ -528,7 +528,7 @@ class Deliverer:
             else "the notice could not be delivered"
         )
         try:
-            event = await self.store.give_up_delivery(final.job_id, note)
+            event = await self.store.jobs.give_up_delivery(final.job_id, note)
             await self.limiter.refund(event)
         except Exception:
             logger.exception("job %d: could not record the failed delivery", final.job_id)
@@ -536,7 +536,7 @@ class Deliverer:
     async def _refund(self, job_id: int) -> None:
         """The requester got no images: the charge goes back."""
         try:
-            await self.limiter.refund(await self.store.rate_event_of(job_id))
+            await self.limiter.refund(await self.store.jobs.rate_event_of(job_id))
         except Exception:
             logger.exception("job %d: could not refund its rate charge", job_id)
 
@@ -553,11 +553,11 @@ class Deliverer:
     async def resume_after_restart(self) -> None:
         """Follow jobs the queue recovered; deliver results finished but never delivered."""
         for handle in self.queue.recovered:
-            target = await self.store.get_delivery_target(handle.job_id)
+            target = await self.store.jobs.get_delivery_target(handle.job_id)
             if target is not None and target.channel_id is not None:
                 self.follow(handle, target)
-        for record in await self.store.undelivered_finished_jobs():
-            target = await self.store.get_delivery_target(record.id)
+        for record in await self.store.jobs.undelivered_finished_jobs():
+            target = await self.store.jobs.get_delivery_target(record.id)
             if target is None or target.channel_id is None:
                 logger.error("job %d: finished but has nowhere to be delivered", record.id)
                 continue

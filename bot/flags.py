@@ -34,31 +34,45 @@ def _text(flag: str, text: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Flag:
-    option: str  # RequestOptions field
+class Flag:
+    option: str  # the RequestOptions field it sets
+    names: tuple[str, ...]  # without "--"; the first is the one help and error messages show
     convert: Callable[[str, str], Any]
 
+    @property
+    def spelling(self) -> str:
+        return f"--{self.names[0]}"
 
-_FLAGS: dict[str, _Flag] = {
-    "ar": _Flag("aspect_ratio", _text),
-    "aspect": _Flag("aspect_ratio", _text),
-    "no": _Flag("negative_prompt", _text),
-    "neg": _Flag("negative_prompt", _text),
-    "negative": _Flag("negative_prompt", _text),
-    "seed": _Flag("seed", _integer),
-    "steps": _Flag("steps", _integer),
-    "cfg": _Flag("guidance", _number),
-    "guidance": _Flag("guidance", _number),
-    "sampler": _Flag("sampler", _text),
-    "model": _Flag("model", _text),
-    "count": _Flag("count", _integer),
-    "n": _Flag("count", _integer),
-    "w": _Flag("width", _integer),
-    "width": _Flag("width", _integer),
-    "h": _Flag("height", _integer),
-    "height": _Flag("height", _integer),
-}
-FLAG_NAMES = tuple(sorted(_FLAGS))
+    @property
+    def value_type(self) -> type:
+        """The Python type of the value, for command-line parsers."""
+        return int if self.convert is _integer else float if self.convert is _number else str
+
+
+# The one table of inline flags: the parser, /imagine's messages and help derive from it.
+FLAGS: tuple[Flag, ...] = (
+    Flag("aspect_ratio", ("ar", "aspect"), _text),
+    Flag("negative_prompt", ("no", "neg", "negative"), _text),
+    Flag("seed", ("seed",), _integer),
+    Flag("steps", ("steps",), _integer),
+    Flag("guidance", ("cfg", "guidance"), _number),
+    Flag("sampler", ("sampler",), _text),
+    Flag("model", ("model",), _text),
+    Flag("count", ("n", "count"), _integer),
+    Flag("width", ("w", "width"), _integer),
+    Flag("height", ("h", "height"), _integer),
+)
+_BY_NAME: dict[str, Flag] = {name: flag for flag in FLAGS for name in flag.names}
+_BY_OPTION: dict[str, Flag] = {flag.option: flag for flag in FLAGS}
+FLAG_NAMES = tuple(sorted(_BY_NAME))
+# Shown to users as an example; tests/unit/test_flags.py parses it.
+EXAMPLE = "--ar 16:9 --seed 7 --no trees --steps 25"
+
+
+def flag_for(option: str) -> str:
+    """The flag users type for a RequestOptions field: flag_for("aspect_ratio") == "--ar"."""
+    return _BY_OPTION[option].spelling
+
 
 # A flag starts with "--" (or the em dash phones type for "--") after whitespace.
 _FLAG_START = re.compile(r"(?:^|\s)(?:--|—)(?=\S)")
@@ -72,7 +86,7 @@ def parse_inline_flags(text: str) -> tuple[str, dict[str, Any]]:
     for part in parts[1:]:
         name, _, value = part.strip().partition(" ")
         name = name.lower()
-        flag = _FLAGS.get(name)
+        flag = _BY_NAME.get(name)
         if flag is None:
             raise InvalidRequestError(
                 f"--{name}", f"unknown flag; use one of {', '.join('--' + f for f in FLAG_NAMES)}"

@@ -80,6 +80,10 @@ def _window_text(window_s: float) -> str:
 class LimitPolicy:
     """Bot-wide limits (guild settings may override the per-user ones).
 
+    `max_queued_per_user` is the bot default of the per-member queue cap; `limits_for` applies
+    a guild's override, and `check_and_record` is the only place the cap is enforced (the
+    queue keeps just its global `max_queued`).
+
     guild_images_per_window: cap on a whole guild's images per guild_window_s (None: no cap).
     guild_window_s: None means the same as window_s.
     """
@@ -134,7 +138,9 @@ class RateLimiter:
         """The policy with the guild's overrides applied (overrides win)."""
         p = self._policy
         settings = (
-            GuildSettings(0) if guild_id is None else await self._store.get_guild_settings(guild_id)
+            GuildSettings(0)
+            if guild_id is None
+            else await self._store.guilds.get_guild_settings(guild_id)
         )
         return EffectiveLimits(
             images_per_window=settings.images_per_window or p.images_per_window,
@@ -180,7 +186,7 @@ class RateLimiter:
             )
 
         now = self._clock()
-        decision = await self._store.try_add_rate_event(
+        decision = await self._store.rates.try_add_rate_event(
             user_id,
             guild_id,
             images,
@@ -198,13 +204,13 @@ class RateLimiter:
         waits: list[tuple[float, Literal["user", "guild"]]] = []
         if decision.user_blocked:
             need = decision.user_used + images - limits.images_per_window
-            at = await self._store.rate_event_expiry(
+            at = await self._store.rates.rate_event_expiry(
                 user_id=user_id, since=now - limits.window_s, images=need
             )
             waits.append((_until(at, limits.window_s, now), "user"))
         if decision.guild_blocked and guild_cap is not None and decision.guild_used is not None:
             need = decision.guild_used + images - guild_cap
-            at = await self._store.rate_event_expiry(
+            at = await self._store.rates.rate_event_expiry(
                 guild_id=guild_id, since=now - limits.guild_window_s, images=need
             )
             waits.append((_until(at, limits.guild_window_s, now), "guild"))
@@ -227,15 +233,15 @@ class RateLimiter:
         None (an exempt user's request) is accepted and does nothing."""
         if event_id is None:
             return False
-        return await self._store.delete_rate_event(event_id)
+        return await self._store.rates.delete_rate_event(event_id)
 
     async def prune(self) -> int:
         """Delete events no window can reach any more; call it now and then."""
         keep = max(self._policy.window_s, self._policy.guild_window_s or 0.0)
-        longest_override = await self._store.longest_window_override_s()
+        longest_override = await self._store.guilds.longest_window_override_s()
         if longest_override is not None:
             keep = max(keep, longest_override)
-        return await self._store.prune_rate_events(self._clock() - keep)
+        return await self._store.rates.prune_rate_events(self._clock() - keep)
 
 
 def _over_limit_text(who: str, used: int, limit: int, window: str, images: int) -> str:

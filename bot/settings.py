@@ -1,24 +1,56 @@
 """Settings: bot/default.toml < the operator's file < environment. Loaded once, frozen.
 
 The defaults are package data, read with importlib.resources, so a wheel install has them too.
+bot/default.toml is the defaults' only home (and their documentation); the pydantic models
+below are the schema (types, bounds, the known keys) and hold no defaults of their own, so a key
+missing from either side fails every load (tests/unit/test_settings.py also compares them).
+
 Environment overrides use `IMAGINE_BOT__SECTION__KEY=value` (the value is read as TOML when it
 parses, else as a string). The bot token is a secret: it comes only from the environment
 (`DISCORD_TOKEN`) or a secrets file (`discord.token_file`, or `DISCORD_TOKEN_FILE`), never from a
-config file that might be committed, and it is never logged or shown in `repr`.
+config file that might be committed, and it is a SecretStr: never logged or shown in `repr`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from inference.checkpoints import locate_source
-from inference.device import RuntimeOptions
+from inference.device import DTypeName, RuntimeOptions
 from inference.requests import RequestLimits
 from inference.types import ModelSpec
 
@@ -29,103 +61,287 @@ TOKEN_HELP = (
     "DISCORD_TOKEN=<token> imagine-bot run, or put the token alone in a file and set "
     "DISCORD_TOKEN_FILE=<path> (or discord.token_file in your config)."
 )
+# Package data, so that it is in the wheel too (config/ is outside every package).
+DEFAULT_CONFIG = resources.files("bot") / "default.toml"
+# Keys the schema has that no file or IMAGINE_BOT__ variable may set.
+_SECRET_KEYS = (("discord", "token"),)
 
 
 class SettingsError(ValueError):
     """A config problem; the message names the key and what is allowed."""
 
 
-@dataclass(frozen=True)
-class DiscordSettings:
-    api_base: str
-    gateway_url: str
-    guild_ids: tuple[int, ...]  # sync commands to these guilds at once; empty: global
-    moderator_role_ids: frozenset[int]
-    token: str = field(repr=False, default="")  # secret: never printed
+# --- what one load reads --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class QueueConfig:
-    max_queued: int
-    max_queued_per_user: int
-    max_batch_images: int
-    batching: bool
-    resume_after_restart: bool
+class _Load:
+    config_file: Path | None
+    environ: Mapping[str, str]
+    base: Path  # relative paths are relative to this: the config file's folder, else cwd
+
+    @classmethod
+    def of(cls, config_file: Path | None, environ: Mapping[str, str]) -> _Load:
+        if config_file is None and environ.get("IMAGINE_BOT_CONFIG"):
+            config_file = Path(environ["IMAGINE_BOT_CONFIG"])
+        base = config_file.resolve().parent if config_file is not None else Path.cwd()
+        return cls(config_file, environ, base)
 
 
-@dataclass(frozen=True)
-class RateConfig:
-    images_per_window: int
-    window_minutes: float
-    guild_images_per_window: int  # 0: no guild-wide cap
-    guild_window_minutes: float
-    exempt_user_ids: frozenset[int]
-    exempt_role_ids: frozenset[int]
+# pydantic-settings builds the sources in a classmethod and BaseSettings.__init__ takes no
+# validation context, so load_settings hands the sources and validators what it reads here.
+_LOADING: ContextVar[_Load | None] = ContextVar("imagine_bot_settings_load", default=None)
 
 
-@dataclass(frozen=True)
-class ProgressConfig:
-    edit_interval_s: float  # Discord allows about 5 edits per 5 s per channel
-    previews: bool
+def _current_load() -> _Load:
+    return _LOADING.get() or _Load.of(None, os.environ)
 
 
-@dataclass(frozen=True)
-class DeliveryConfig:
-    attempt_timeout_s: float  # one upload to Discord; a stalled one is abandoned and retried
-    retry_delays_s: tuple[float, ...]  # pauses between whole delivery attempts
-    shutdown_grace_s: float  # on SIGTERM, time for uploads in flight to finish
+def _from_base(path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else _current_load().base / path
 
 
-@dataclass(frozen=True)
-class Settings:
+# --- the schema: each key once, with its type and bounds ---------------------------------------
+
+
+def _discord_id(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a Discord id (a whole number)")
+    return value
+
+
+DiscordId = Annotated[int, BeforeValidator(_discord_id)]
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DiscordSettings(_Section):
+    token_file: StrictStr
+    api_base: StrictStr
+    gateway_url: StrictStr
+    guild_ids: tuple[DiscordId, ...]  # sync commands to these guilds at once; empty: global
+    moderator_role_ids: frozenset[DiscordId]
+    # Never from a file or IMAGINE_BOT__: only DISCORD_TOKEN or the token file (_TokenSource).
+    token: SecretStr = SecretStr("")
+
+    @field_validator("api_base")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class StorageConfig(_Section):
+    data_dir: Annotated[Path, AfterValidator(_from_base)]
+    database: StrictStr = Field(min_length=1)  # relative to data_dir
+
+
+class InferenceConfig(_Section):
+    """[inference]: `default_model` plus the fields of inference.device.RuntimeOptions."""
+
+    default_model: StrictStr  # empty: the first [[models]] entry
+    device: StrictStr
+    dtype: DTypeName
+    vae_tiling: StrictBool
+    vae_slicing: StrictBool
+    cpu_offload: StrictBool
+    compile: StrictBool
+    allow_pickle: StrictBool
+    max_resident_models: StrictInt = Field(ge=1)
+    preview_interval_s: StrictFloat = Field(ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        # Whether the device exists on this machine is inference's question, at start-up.
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a device; use auto | cpu | cuda | cuda:N (N = 0, 1, …) | mps"
+            )
+        return value
+
+
+class LimitsConfig(_Section):
+    """[limits]: the fields of inference.requests.RequestLimits that operators set."""
+
+    max_pixels: StrictInt = Field(ge=64 * 64)
+    max_side: StrictInt = Field(ge=64)
+    max_steps: StrictInt = Field(ge=1)
+    max_guidance: StrictFloat = Field(ge=0)
+    max_count: StrictInt = Field(ge=1)
+    max_prompt_chars: StrictInt = Field(ge=1)
+
+
+class QueueConfig(_Section):
+    max_queued: StrictInt = Field(ge=1)
+    max_queued_per_user: StrictInt = Field(ge=1)  # default; a guild may override (bot/limits)
+    max_batch_images: StrictInt = Field(ge=1)
+    batching: StrictBool
+    resume_after_restart: StrictBool
+
+
+class RateConfig(_Section):
+    images_per_window: StrictInt = Field(ge=1)
+    window_minutes: StrictFloat = Field(ge=0.01)
+    guild_images_per_window: StrictInt = Field(ge=0)  # 0: no guild-wide cap
+    guild_window_minutes: StrictFloat = Field(ge=0.01)
+    exempt_user_ids: frozenset[DiscordId]
+    exempt_role_ids: frozenset[DiscordId]
+
+
+class ProgressConfig(_Section):
+    edit_interval_s: StrictFloat = Field(ge=0)  # Discord allows ~5 edits per 5 s per channel
+    previews: StrictBool
+
+
+class DeliveryConfig(_Section):
+    attempt_timeout_s: StrictFloat = Field(ge=0.1)  # one upload; a stalled one is retried
+    retry_delays_s: tuple[Annotated[StrictFloat, Field(ge=0)], ...]  # pauses between tries
+    shutdown_grace_s: StrictFloat = Field(ge=0)  # on SIGTERM, time for uploads in flight
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _model_entry(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        for key in ("name", "source"):
+            if isinstance(value.get(key), str) and not value[key].strip():
+                raise ValueError(f"{key} must not be empty")
+        if value.get("config") == "":
+            value = {k: v for k, v in value.items() if k != "config"}
+    return value
+
+
+def _locate(spec: ModelSpec) -> ModelSpec:
+    base = _current_load().base
+    return dataclasses.replace(
+        spec,
+        source=str(locate_source(spec.source, base)),  # the one rule: file, folder or hub id
+        config=None if spec.config is None else base / spec.config.expanduser(),
+    )
+
+
+# A [[models]] entry is an inference.types.ModelSpec: its fields are the allowed keys.
+ModelEntry = Annotated[ModelSpec, BeforeValidator(_model_entry), AfterValidator(_locate)]
+
+
+class Settings(BaseSettings):
+    """Everything the bot reads from its configuration, validated once."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=True)
+
     discord: DiscordSettings
-    data_dir: Path
-    database: Path
-    runtime: RuntimeOptions
-    models: tuple[ModelSpec, ...]
-    default_model: str
-    limits: RequestLimits
+    storage: StorageConfig
+    inference: InferenceConfig
+    models: tuple[ModelEntry, ...]
+    request_limits: LimitsConfig = Field(alias="limits")  # `limits` is the RequestLimits
     queue: QueueConfig
-    rate: RateConfig
+    rate: RateConfig = Field(alias="rate_limits")
     progress: ProgressConfig
     delivery: DeliveryConfig
-    log_level: str
+    logging: LoggingConfig
+
+    @field_validator("models")
+    @classmethod
+    def _some_distinct_models(cls, models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+        if not models:
+            raise ValueError("must list at least one [[models]] entry")
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate name {duplicates[0]!r}")
+        return models
+
+    @model_validator(mode="after")
+    def _default_model_is_configured(self) -> Settings:
+        names = [m.name for m in self.models]
+        if self.default_model not in names:
+            raise ValueError(
+                f"inference.default_model: {self.default_model!r} is not among the configured "
+                f"models ({', '.join(names)})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest priority first; pydantic-settings merges tables deeply and replaces lists
+        (so an operator's [[models]] replaces the default list)."""
+        load = _current_load()
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _TableSource(settings_cls, _env_table(load.environ), "the environment"),
+        ]
+        if load.config_file is not None:
+            where = f"config file {load.config_file}"
+            sources.append(_TableSource(settings_cls, _read_toml(load.config_file, where), where))
+        sources.append(_TableSource(settings_cls, _read_toml(DEFAULT_CONFIG, "bot/default.toml")))
+        sources.append(_TokenSource(settings_cls, load))
+        return tuple(sources)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.storage.data_dir
+
+    @property
+    def database(self) -> Path:
+        path = Path(self.storage.database).expanduser()
+        return path if path.is_absolute() else self.data_dir / path
 
     @property
     def output_dir(self) -> Path:
         return self.data_dir / "outputs"
 
+    @property
+    def default_model(self) -> str:
+        return self.inference.default_model or self.models[0].name
+
+    @property
+    def runtime(self) -> RuntimeOptions:
+        return RuntimeOptions(**self.inference.model_dump(exclude={"default_model"}))
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(**self.request_limits.model_dump())
+
+    @property
+    def log_level(self) -> str:
+        return self.logging.level
+
     def model_specs(self) -> dict[str, ModelSpec]:
         return {spec.name: spec for spec in self.models}
 
 
-# Package data, so that it is in the wheel too (config/ is outside every package).
-DEFAULT_CONFIG = resources.files("bot") / "default.toml"
+# --- where values come from -----------------------------------------------------------------
 
 
-def _default_toml() -> dict[str, Any]:
-    # Every key must exist here: it is both the defaults and the schema of known keys.
-    return tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+def _read_toml(source: Path | Traversable, what: str) -> dict[str, Any]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SettingsError(f"{what}: {error.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{what}: {error}") from None
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any], path: str = "") -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        where = f"{path}{key}"
-        if key not in base:
-            known = ", ".join(sorted(base))
-            raise SettingsError(f"{where}: unknown setting; known here: {known}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, Mapping):
-                raise SettingsError(f"{where}: must be a table")
-            merged[key] = _merge(base[key], value, f"{where}.")
-        else:
-            merged[key] = value
-    return merged
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
+def _env_table(environ: Mapping[str, str]) -> dict[str, Any]:
+    """IMAGINE_BOT__QUEUE__MAX_QUEUED=9 -> {"queue": {"max_queued": 9}}."""
+    table: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -134,121 +350,150 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             value: Any = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        target = overrides
+        target = table
         for key in keys[:-1]:
-            target = target.setdefault(key, {})
+            inner = target.setdefault(key, {})
+            if not isinstance(inner, dict):  # IMAGINE_BOT__QUEUE=1 and IMAGINE_BOT__QUEUE__X=2
+                raise SettingsError(f"{ENV_PREFIX}{key.upper()}: {key} is a table, not a value")
+            target = inner
         target[keys[-1]] = value
-    return overrides
+    return table
 
 
-class _Reader:
-    """Typed access to one table, naming the full key in every error."""
+class _TableSource(InitSettingsSource):
+    """One layer of settings as a table (a TOML file, the environment)."""
 
-    def __init__(self, table: Mapping[str, Any], section: str) -> None:
-        self.table = table
-        self.section = section
-
-    def _get(self, key: str, kinds: tuple[type, ...], what: str) -> Any:
-        value = self.table[key]
-        if isinstance(value, bool) and bool not in kinds:
-            raise SettingsError(f"{self.section}.{key}: must be {what}, not {value!r}")
-        if not isinstance(value, kinds):
-            raise SettingsError(f"{self.section}.{key}: must be {what}, not {value!r}")
-        return value
-
-    def text(self, key: str) -> str:
-        return self._get(key, (str,), "a string")
-
-    def flag(self, key: str) -> bool:
-        return self._get(key, (bool,), "true or false")
-
-    def integer(self, key: str, minimum: int = 0) -> int:
-        value = self._get(key, (int,), "a whole number")
-        if value < minimum:
-            raise SettingsError(f"{self.section}.{key}: must be at least {minimum}, not {value}")
-        return value
-
-    def number(self, key: str, minimum: float = 0.0) -> float:
-        value = float(self._get(key, (int, float), "a number"))
-        if value < minimum:
-            raise SettingsError(f"{self.section}.{key}: must be at least {minimum}, not {value}")
-        return value
-
-    def numbers(self, key: str) -> tuple[float, ...]:
-        values = self._get(key, (list,), "a list of numbers")
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in values
-        ):
-            raise SettingsError(f"{self.section}.{key}: must be a list of numbers >= 0")
-        return tuple(float(v) for v in values)
-
-    def ids(self, key: str) -> tuple[int, ...]:
-        values = self._get(key, (list,), "a list of Discord ids")
-        result = []
-        for value in values:
-            try:
-                result.append(int(value))
-            except (TypeError, ValueError):
-                raise SettingsError(f"{self.section}.{key}: {value!r} is not an id") from None
-        return tuple(result)
-
-    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(key)
-        if value not in allowed:
-            raise SettingsError(f"{self.section}.{key}: {value!r} is not one of {allowed}")
-        return value
+    def __init__(
+        self, settings_cls: type[BaseSettings], table: dict[str, Any], where: str = ""
+    ) -> None:
+        for section, key in _SECRET_KEYS:
+            if isinstance(table.get(section), Mapping) and key in table[section]:
+                raise SettingsError(
+                    f"{section}.{key}: unknown setting in {where}: the token is read only from "
+                    "DISCORD_TOKEN or a file that holds it (DISCORD_TOKEN_FILE or "
+                    "discord.token_file), never from a config file that might be committed"
+                )
+        super().__init__(settings_cls, table)
 
 
-def _read_token(discord: _Reader, environ: Mapping[str, str], base: Path) -> str:
-    token = environ.get("DISCORD_TOKEN", "").strip()
-    token_file = environ.get("DISCORD_TOKEN_FILE") or discord.text("token_file")
-    if not token and token_file:
-        path = Path(token_file).expanduser()
-        path = path if path.is_absolute() else base / path
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise SettingsError(
-                f"discord.token_file: cannot read {path}: {error.strerror}"
-            ) from None
-    return token
+class _TokenSource(PydanticBaseSettingsSource):
+    """discord.token: DISCORD_TOKEN, else the file DISCORD_TOKEN_FILE or discord.token_file
+    names (relative to the config file). Last, so it sees every other layer's token_file."""
 
+    def __init__(self, settings_cls: type[BaseSettings], load: _Load) -> None:
+        super().__init__(settings_cls)
+        self.load = load
 
-def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise SettingsError("models: must list at least one [[models]] entry")
-    specs = []
-    allowed = {"name", "source", "config", "family", "variant", "prediction_type"}
-    for index, entry in enumerate(raw):
-        where = f"models[{index}]"
-        if not isinstance(entry, Mapping):
-            raise SettingsError(f"{where}: must be a table with name and source")
-        unknown = set(entry) - allowed
-        if unknown:
-            raise SettingsError(
-                f"{where}.{sorted(unknown)[0]}: unknown; allowed: {sorted(allowed)}"
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        environ = self.load.environ
+        token = environ.get("DISCORD_TOKEN", "").strip()
+        if not token:
+            discord = self.current_state.get("discord")
+            configured = discord.get("token_file") if isinstance(discord, Mapping) else None
+            key, token_file = (
+                ("DISCORD_TOKEN_FILE", environ["DISCORD_TOKEN_FILE"])
+                if environ.get("DISCORD_TOKEN_FILE")
+                else ("discord.token_file", configured)
             )
-        for key in ("name", "source"):
-            if not isinstance(entry.get(key), str) or not entry[key].strip():
-                raise SettingsError(f"{where}.{key}: required, a non-empty string")
-        source = entry["source"]
-        source = str(locate_source(source, base))  # the one rule: file, folder or hub id
-        config = entry.get("config")
-        specs.append(
-            ModelSpec(
-                name=entry["name"],
-                source=source,
-                config=None if not config else (base / Path(config).expanduser()),
-                family=entry.get("family"),
-                variant=entry.get("variant"),
-                prediction_type=entry.get("prediction_type"),
-            )
-        )
-    names = [s.name for s in specs]
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise SettingsError(f"models: duplicate name {sorted(duplicates)[0]!r}")
-    return tuple(specs)
+            if isinstance(token_file, str) and token_file:  # a non-string: validation says so
+                path = Path(token_file).expanduser()
+                path = path if path.is_absolute() else self.load.base / path
+                try:
+                    token = path.read_text(encoding="utf-8").strip()
+                except OSError as error:
+                    raise SettingsError(f"{key}: cannot read {path}: {error.strerror}") from None
+        return {"discord": {"token": SecretStr(token)}} if token else {}
+
+
+# --- errors in the operator's words ---------------------------------------------------------
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _inner_type(annotation: Any) -> Any:
+    """tuple[X, ...], frozenset[X], X | None, Annotated[X, ...] -> X."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (tuple, frozenset, list, typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a not in (type(None), Ellipsis)]
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _keys_of(kind: Any) -> dict[str, Any]:
+    """The keys a table of this schema type takes, each with its value's type."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return {
+            field.alias or name: _inner_type(field.annotation)
+            for name, field in kind.model_fields.items()
+        }
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return {f.name: _inner_type(hints[f.name]) for f in dataclasses.fields(kind)}
+    return {}
+
+
+def known_keys(path: tuple[int | str, ...] = ()) -> list[str]:
+    """The keys the table at `path` (e.g. ("queue",)) takes in a config file."""
+    kind: Any = Settings
+    for part in path:
+        if isinstance(part, str):
+            kind = _keys_of(kind).get(part)
+    hidden = {key for *section, key in _SECRET_KEYS if tuple(section) == tuple(path)}
+    return sorted(set(_keys_of(kind)) - hidden)
+
+
+_KINDS = {
+    "a whole number": ("int_type", "int_parsing", "int_from_float"),
+    "a number": ("float_type", "float_parsing", "finite_number"),
+    "true or false": ("bool_type", "bool_parsing"),
+    "a string": ("string_type",),
+    "a path (a string)": ("path_type",),
+    "a list": ("list_type", "tuple_type", "set_type", "frozen_set_type", "iterable_type"),
+    "a table": ("model_type", "model_attributes_type", "dataclass_type", "dict_type"),
+}
+_MUST_BE = {error_type: what for what, kinds in _KINDS.items() for error_type in kinds}
+
+
+def _explain(error: Mapping[str, Any]) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "missing":
+        return "required"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"unknown setting; known here: {', '.join(known_keys(error['loc'][:-1]))}"
+    if kind in _MUST_BE:
+        return f"must be {_MUST_BE[kind]}, not {value!r}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']:g}, not {value!r}"
+    if kind == "literal_error":
+        return f"{value!r} is not one of {ctx['expected']}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    return str(error["msg"])
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per problem, each naming the dotted key (`queue.max_queued: …`)."""
+    lines: list[str] = []
+    for item in error.errors(include_url=False):
+        where = _dotted(item["loc"])
+        line = f"{where}: {_explain(item)}" if where else _explain(item)
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def load_settings(
@@ -257,103 +502,16 @@ def load_settings(
     *,
     require_token: bool = False,
 ) -> Settings:
-    """Read and validate everything once. Relative paths are relative to the config file."""
-    environ = os.environ if environ is None else environ
-    data = _default_toml()
-    base = Path.cwd()
-    config_file = config_file or (
-        Path(environ["IMAGINE_BOT_CONFIG"]) if environ.get("IMAGINE_BOT_CONFIG") else None
-    )
-    if config_file is not None:
-        try:
-            user = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise SettingsError(f"config file {config_file}: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise SettingsError(f"config file {config_file}: {error}") from None
-        base = config_file.resolve().parent
-        models = user.pop("models", None)
-        data = _merge(data, user)
-        if models is not None:
-            data["models"] = models  # a user's model list replaces the default one
-    data = _merge(data, _env_overrides(environ))
-
-    discord = _Reader(data["discord"], "discord")
-    token = _read_token(discord, environ, base)
-    if require_token and not token:
+    """Read and validate everything once. Relative paths are relative to the config file
+    (`config_file`, else IMAGINE_BOT_CONFIG; without one, the current folder)."""
+    load = _Load.of(config_file, os.environ if environ is None else environ)
+    loading = _LOADING.set(load)
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # the sources supply every field
+    except ValidationError as error:
+        raise SettingsError(describe_errors(error)) from None
+    finally:
+        _LOADING.reset(loading)
+    if require_token and not settings.discord.token.get_secret_value():
         raise SettingsError(TOKEN_HELP)
-    storage = _Reader(data["storage"], "storage")
-    data_dir = Path(storage.text("data_dir")).expanduser()
-    data_dir = data_dir if data_dir.is_absolute() else base / data_dir
-    database = Path(storage.text("database") or "imagine-bot.sqlite3")
-    inference = _Reader(data["inference"], "inference")
-    limits = _Reader(data["limits"], "limits")
-    queue = _Reader(data["queue"], "queue")
-    rate = _Reader(data["rate_limits"], "rate_limits")
-    progress = _Reader(data["progress"], "progress")
-    delivery = _Reader(data["delivery"], "delivery")
-    models = _models(data["models"], base)
-    default_model = inference.text("default_model") or models[0].name
-    if default_model not in {m.name for m in models}:
-        raise SettingsError(
-            f"inference.default_model: {default_model!r} is not among the configured models"
-        )
-    return Settings(
-        discord=DiscordSettings(
-            api_base=discord.text("api_base").rstrip("/"),
-            gateway_url=discord.text("gateway_url"),
-            guild_ids=discord.ids("guild_ids"),
-            moderator_role_ids=frozenset(discord.ids("moderator_role_ids")),
-            token=token,
-        ),
-        data_dir=data_dir,
-        database=database if database.is_absolute() else data_dir / database,
-        runtime=RuntimeOptions(
-            device=inference.text("device"),
-            dtype=inference.choice("dtype", ("auto", "float16", "bfloat16", "float32")),
-            vae_tiling=inference.flag("vae_tiling"),
-            vae_slicing=inference.flag("vae_slicing"),
-            cpu_offload=inference.flag("cpu_offload"),
-            compile=inference.flag("compile"),
-            allow_pickle=inference.flag("allow_pickle"),
-            max_resident_models=inference.integer("max_resident_models", 1),
-            preview_interval_s=inference.number("preview_interval_s"),
-        ),
-        models=models,
-        default_model=default_model,
-        limits=RequestLimits(
-            max_pixels=limits.integer("max_pixels", 64 * 64),
-            max_side=limits.integer("max_side", 64),
-            max_steps=limits.integer("max_steps", 1),
-            max_guidance=limits.number("max_guidance"),
-            max_count=limits.integer("max_count", 1),
-            max_prompt_chars=limits.integer("max_prompt_chars", 1),
-        ),
-        queue=QueueConfig(
-            max_queued=queue.integer("max_queued", 1),
-            max_queued_per_user=queue.integer("max_queued_per_user", 1),
-            max_batch_images=queue.integer("max_batch_images", 1),
-            batching=queue.flag("batching"),
-            resume_after_restart=queue.flag("resume_after_restart"),
-        ),
-        rate=RateConfig(
-            images_per_window=rate.integer("images_per_window", 1),
-            window_minutes=rate.number("window_minutes", 0.01),
-            guild_images_per_window=rate.integer("guild_images_per_window"),
-            guild_window_minutes=rate.number("guild_window_minutes", 0.01),
-            exempt_user_ids=frozenset(rate.ids("exempt_user_ids")),
-            exempt_role_ids=frozenset(rate.ids("exempt_role_ids")),
-        ),
-        progress=ProgressConfig(
-            edit_interval_s=progress.number("edit_interval_s", 0.0),
-            previews=progress.flag("previews"),
-        ),
-        delivery=DeliveryConfig(
-            attempt_timeout_s=delivery.number("attempt_timeout_s", 0.1),
-            retry_delays_s=delivery.numbers("retry_delays_s"),
-            shutdown_grace_s=delivery.number("shutdown_grace_s"),
-        ),
-        log_level=_Reader(data["logging"], "logging").choice(
-            "level", ("DEBUG", "INFO", "WARNING", "ERROR")
-        ),
-    )
+    return settings

@@ -64,7 +64,7 @@ class Submitter:
     async def check_channel_and_words(self, actor: Actor, texts: list[str]) -> None:
         if actor.guild_id is None:
             return
-        rules = await self.store.get_guild_settings(actor.guild_id)
+        rules = await self.store.guilds.get_guild_settings(actor.guild_id)
         allowed = rules.allowed_channel_ids
         if allowed and actor.channel_id not in allowed:
             channels = ", ".join(f"<#{c}>" for c in sorted(allowed))
@@ -140,7 +140,7 @@ class Submitter:
         except sqlite3.OperationalError as error:
             raise storage_unavailable(error) from error
         record = functools.partial(
-            self.store.create_job,
+            self.store.jobs.create_job,
             target=target,
             rate_event_id=event,
             rerolled_from=rerolled_from,

@@ -269,7 +269,17 @@ def _not_safetensors_message(path: Path, head: bytes, length: int, size: int) ->
 
 def read_pickle_header(path: Path) -> CheckpointHeader:
     """Shapes from a pickle checkpoint, loaded with torch's restricted (weights-only) unpickler."""
-    import torch  # only for explicitly allowed pickles
+    tensors = {
+        key: TensorEntry(str(value.dtype), tuple(value.shape))
+        for key, value in load_pickle_state_dict(path).items()
+    }
+    return CheckpointHeader(path, tensors)
+
+
+def load_pickle_state_dict(path: Path) -> dict[str, Any]:
+    """A pickle checkpoint's tensors by name, through torch's weights-only unpickler and
+    memory-mapped where the format allows (call only for explicitly allowed pickles)."""
+    import torch
 
     try:
         try:
@@ -285,12 +295,7 @@ def read_pickle_header(path: Path) -> CheckpointHeader:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors.")
-    tensors = {
-        str(k): TensorEntry(str(v.dtype), tuple(v.shape))
-        for k, v in obj.items()
-        if isinstance(v, torch.Tensor)
-    }
-    return CheckpointHeader(path, tensors)
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def read_tensor_values(header: CheckpointHeader, key: str) -> list[float] | None:

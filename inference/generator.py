@@ -165,14 +165,16 @@ class DiffusersGenerator:
 
     def warm_up(self, model: str) -> None:
         """Import diffusers and transformers, build the tokenizers, load `model`: everything
-        that would otherwise make the first job (and, through the GIL, the event loop) slow."""
+        that would otherwise make the first job (and, through the GIL, the event loop) slow.
+
+        Checks the configured device first: a device this machine lacks raises ModelError here,
+        before the bot connects, not in every job.
+        """
         from inference.tokens import count_prompt_tokens
 
+        logger.info("generating on %s", self.placement.describe())
         count_prompt_tokens("warm up")
         self.load(model)
-
-    def loaded_models(self) -> tuple[str, ...]:
-        return tuple(self._loaded)
 
     def load(self, name: str) -> _Loaded:
         """Load (or reuse) a pipeline, evicting the least recently used beyond the cap."""

@@ -91,7 +91,9 @@ def fit_to_limit(png: bytes, limit_bytes: int, filename: str) -> FittedImage:
         # PNG size is roughly proportional to the pixel count: aim just under the limit.
         scale *= min(0.9, math.sqrt(limit_bytes / len(data)) * 0.95)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        data = encode_png(image.resize(size, Image.LANCZOS), parameters, compress_level=9)
+        data = encode_png(
+            image.resize(size, Image.Resampling.LANCZOS), parameters, compress_level=9
+        )
     if len(data) > limit_bytes:
         raise ValueError(f"cannot fit {filename} into {limit_bytes} bytes")
     return FittedImage(

@@ -1,7 +1,7 @@
 """Jobs as the queue sees them, and the journal that makes them survive a crash.
 
 The journal is a Protocol so that inference/ never imports the bot's SQLite store; the store
-(bot/store.py) implements it, and tests may pass an in-memory one.
+(bot/store/jobs.py) implements it, and tests may pass an in-memory one.
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ def latents_to_rgb(latents: torch.Tensor, family: str) -> Image.Image:
     image = Image.fromarray(pixels, mode="RGB")
     h, w = latent.shape[-2:]
     scale = min(8, PREVIEW_MAX_SIDE / max(h, w))
-    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    return image.resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR
+    )
 
 
 def encode_preview(image: Image.Image) -> bytes:

@@ -48,8 +48,11 @@ JobRecorder = Callable[[Owner, GenerationRequest], Awaitable[int]]
 @dataclass(frozen=True)
 class QueueSettings:
     output_dir: Path  # where finished PNGs are kept, so a result survives a restart
-    max_queued: int = 100
-    max_queued_per_user: int = 5
+    max_queued: int = 100  # all users together
+    # None (the bot): no per-user cap here. The bot's cap depends on the guild, so bot/limits.py
+    # alone decides it, before submit; a second one here would contradict a guild's override.
+    # A queue used on its own (benchmarks, tests) may set one.
+    max_queued_per_user: int | None = None
     max_batch_images: int = 4  # images in one batched pipeline call
     batching: bool = True
     resume_after_restart: bool = True  # False: fail unfinished jobs with a notice instead
@@ -256,11 +259,12 @@ class JobQueue:
                 raise QueueFullError(
                     f"the queue is full ({len(self._waiting)} jobs); try again in a few minutes"
                 )
+            per_user = self.settings.max_queued_per_user
             mine = self.count_of(owner.user_id)
-            if mine >= self.settings.max_queued_per_user:
+            if per_user is not None and mine >= per_user:
                 raise QueueFullError(
-                    f"you already have {mine} jobs waiting (at most "
-                    f"{self.settings.max_queued_per_user}); wait for one or /cancel one"
+                    f"you already have {mine} jobs waiting (at most {per_user}); "
+                    "wait for one or /cancel one"
                 )
             job_id = await (record or self.journal.create_job)(owner, request)
             handle = self._enqueue(job_id, owner, request)

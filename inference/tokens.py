@@ -80,12 +80,20 @@ def clip_tokenizer(
     """
     from transformers import CLIPTokenizer
 
-    options = {"pad_token": pad_token, "model_max_length": model_max_length}
     if "vocab" not in inspect.signature(CLIPTokenizer.__init__).parameters:
         # transformers 4.x tokenizers only read files: write them once, load from there.
-        return CLIPTokenizer.from_pretrained(write_clip_vocab(_tokenizer_cache()), **options)
+        return CLIPTokenizer.from_pretrained(
+            write_clip_vocab(_tokenizer_cache()),
+            pad_token=pad_token,
+            model_max_length=model_max_length,
+        )
     vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), **options)
+    return CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),  # type: ignore[arg-type]  # annotated list[str]; takes pairs too
+        pad_token=pad_token,
+        model_max_length=model_max_length,
+    )
 
 
 def write_clip_vocab(directory: Path) -> Path:

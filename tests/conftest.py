@@ -40,3 +40,14 @@ def tiny_model_sd2(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     from inference.testing import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-sd2"), "sd2")
+
+
+E2E = os.path.join("tests", "e2e", "")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every end-to-end test starts the bot as a process against a local Discord: slow by
+    # nature, so the whole directory carries the marker (`pytest -m "not slow"` skips it).
+    for item in items:
+        if E2E in str(item.path):
+            item.add_marker(pytest.mark.slow)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import replace
+from typing import Any
 
 from inference.jobs import JobOutcome, JobRecord, JobState, Owner
 from inference.types import GenerationRequest
@@ -22,7 +23,7 @@ class MemoryJournal:
         self.jobs[job_id] = JobRecord(job_id, owner, request, JobState.QUEUED, time.time())
         return job_id
 
-    def _move(self, job_id: int, state: JobState, **changes: object) -> None:
+    def _move(self, job_id: int, state: JobState, **changes: Any) -> None:
         self.jobs[job_id] = replace(self.jobs[job_id], state=state, **changes)
         self.transitions.append((job_id, state))
 

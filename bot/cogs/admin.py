@@ -4,13 +4,14 @@ configured moderator role)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import has_rights
+from bot.cogs.imagine import configure_option
 from bot.errors import UserFacingError
 from bot.store import GuildSettings
 
@@ -45,6 +46,10 @@ class AdminCog(commands.Cog):
 
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+        # A member's queue cap cannot usefully exceed the whole queue's ([queue] max_queued).
+        limits = self.admin.get_command("limits")
+        assert isinstance(limits, app_commands.Command)
+        configure_option(limits, "max_queued", max_value=bot.services.settings.queue.max_queued)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Runs before every command of this cog. `default_permissions` above only hides the
@@ -58,10 +63,10 @@ class AdminCog(commands.Cog):
     async def _settings(self, interaction: discord.Interaction) -> GuildSettings:
         if interaction.guild_id is None:
             raise UserFacingError("these settings exist only in a server.")
-        return await self.bot.services.store.get_guild_settings(interaction.guild_id)
+        return await self.bot.services.store.guilds.get_guild_settings(interaction.guild_id)
 
     async def _save(self, interaction: discord.Interaction, settings: GuildSettings) -> None:
-        await self.bot.services.store.set_guild_settings(settings)
+        await self.bot.services.store.guilds.set_guild_settings(settings)
         await interaction.response.send_message(describe(settings), ephemeral=True)
 
     @admin.command(name="show")
@@ -120,11 +125,11 @@ class AdminCog(commands.Cog):
         interaction: discord.Interaction,
         images_per_window: app_commands.Range[int, 0, 10000] | None = None,
         window_minutes: app_commands.Range[float, 0, 10080] | None = None,
-        max_queued: app_commands.Range[int, 0, 100] | None = None,
+        max_queued: app_commands.Range[int, 0] | None = None,  # max: settings (__init__)
     ) -> None:
         """Set this server's rate limits"""
         settings = await self._settings(interaction)
-        changes: dict[str, float | int | None] = {}
+        changes: dict[str, Any] = {}
         for name, value in (
             ("images_per_window", images_per_window),
             ("window_minutes", window_minutes),

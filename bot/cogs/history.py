@@ -31,15 +31,15 @@ class HistoryCog(commands.Cog):
         """Your recent generations, with links"""
         store = self.bot.services.store
         user_id = interaction.user.id
-        total = await store.count_history(user_id)
-        records = await store.history(user_id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        total = await store.jobs.count_history(user_id)
+        records = await store.jobs.history(user_id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
         if not records:
             text = "You have no generations yet." if page == 1 else f"There is no page {page}."
             await interaction.response.send_message(text, ephemeral=True)
             return
         pages = math.ceil(total / PAGE_SIZE)
         lines = []
-        targets = await store.delivery_targets([record.id for record in records])
+        targets = await store.jobs.delivery_targets([record.id for record in records])
         for record in records:
             target = targets.get(record.id)
             link = None
@@ -58,7 +58,7 @@ class HistoryCog(commands.Cog):
     @app_commands.describe(job="The job number from /history or an image's footer")
     async def reroll(self, interaction: discord.Interaction, job: int) -> None:
         """Generate an image again with a new seed, as your own new job"""
-        record = await self.bot.services.store.get_job(job)
+        record = await self.bot.services.store.jobs.get_job(job)
         # The rule of 🔄 and the button: anything posted in a server may be re-rolled by
         # anyone there; a job from a DM only by its owner.
         mine = record is not None and record.owner.user_id == interaction.user.id

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -10,34 +11,62 @@ from discord.ext import commands
 
 from bot.actions import actor_of
 from bot.errors import EXPECTED_ERRORS, user_message
-from bot.flags import parse_inline_flags
+from bot.flags import EXAMPLE, flag_for, parse_inline_flags
 from inference.errors import InvalidRequestError
-from inference.requests import ASPECT_CHOICES, RequestOptions
+from inference.requests import ASPECT_CHOICES, MAX_SEED, RequestOptions
 from inference.samplers import sampler_names
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
 
-# RequestOptions field -> (slash option, inline flag), for errors in the words users typed.
-_NAMES_USERS_TYPE = {
-    "negative_prompt": ("negative", "--no"),
-    "aspect_ratio": ("aspect", "--ar"),
-    "steps": ("steps", "--steps"),
-    "guidance": ("guidance", "--cfg"),
-    "seed": ("seed", "--seed"),
-    "sampler": ("sampler", "--sampler"),
-    "model": ("model", "--model"),
-    "count": ("count", "--n"),
+# RequestOptions field -> this command's option, for errors in the words users typed (the
+# inline flag's spelling comes from bot/flags.py, which owns the flags).
+_OPTION_OF = {
+    "negative_prompt": "negative",
+    "aspect_ratio": "aspect",
+    "steps": "steps",
+    "guidance": "guidance",
+    "seed": "seed",
+    "sampler": "sampler",
+    "model": "model",
+    "count": "count",
 }
+DISCORD_MAX_OPTION_CHARS = 6000  # Discord's cap on a string option's max_length
+
+
+def configure_option(
+    command: app_commands.Command[Any, ..., Any], name: str, **changes: Any
+) -> None:
+    """Change an option of this cog's copy of `command` (min_value, max_value, description)
+    before it is registered, e.g. from settings. discord.py fixes options when the class is
+    defined (`app_commands.Range[int, 1, 150]`) and has no public setter; each cog instance
+    holds its own copy of the command with its own `_params` dict, so replacing the entry
+    changes this instance only. discord.py is pinned to 2.7 (pyproject); a test checks the
+    payload Discord receives (tests/unit/test_limits.py)."""
+    command._params[name] = dataclasses.replace(command._params[name], **changes)
 
 
 class ImagineCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+        # The option bounds Discord enforces in its client are the operator's [limits].
+        # The prompt's bound covers its inline flags too.
+        limits = bot.services.settings.limits
+        prompt_chars = min(limits.max_prompt_chars, DISCORD_MAX_OPTION_CHARS)
+        configure_option(self.imagine, "prompt", min_value=1, max_value=prompt_chars)
+        configure_option(self.imagine, "steps", min_value=1, max_value=limits.max_steps)
+        configure_option(self.imagine, "guidance", min_value=0.0, max_value=limits.max_guidance)
+        configure_option(
+            self.imagine,
+            "count",
+            min_value=1,
+            max_value=limits.max_count,
+            description=f"How many images (1-{limits.max_count})",
+        )
 
     @app_commands.command(name="imagine")
     @app_commands.describe(
-        prompt="What to draw. Inline flags work too: --ar 16:9 --seed 7 --no trees --steps 25",
+        prompt=f"What to draw. Inline flags work too: {EXAMPLE}",
         negative="What to keep out of the image",
         aspect="Shape of the image",
         steps="Denoising steps (more: slower, often finer)",
@@ -45,7 +74,7 @@ class ImagineCog(commands.Cog):
         seed="Same seed + same options = same image",
         sampler="Sampling method",
         model="Which model to use",
-        count="How many images (1-4)",
+        count="How many images",  # the bound is added from settings in __init__
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECT_CHOICES],
@@ -54,15 +83,15 @@ class ImagineCog(commands.Cog):
     async def imagine(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, 1500],
+        prompt: str,  # prompt, steps, guidance, count: bounds from settings (__init__)
         negative: str | None = None,
         aspect: str | None = None,
-        steps: app_commands.Range[int, 1, 150] | None = None,
-        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
-        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         sampler: str | None = None,
         model: str | None = None,
-        count: app_commands.Range[int, 1, 4] | None = None,
+        count: int | None = None,
     ) -> None:
         """Generate an image from a text prompt"""
         given = {
@@ -79,7 +108,7 @@ class ImagineCog(commands.Cog):
             text, inline = parse_inline_flags(prompt)
             for field in inline:
                 if given.get(field) is not None:
-                    option, flag = _NAMES_USERS_TYPE[field]
+                    option, flag = _OPTION_OF[field], flag_for(field)
                     raise InvalidRequestError(
                         option, f"given both as the `{option}` option and as `{flag}`; keep one"
                     )

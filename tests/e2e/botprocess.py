@@ -88,8 +88,8 @@ class BotProcess:
 
     async def kill(self) -> None:
         if self.alive:
-            self.process.kill()  # type: ignore[union-attr]
-            await self.process.wait()  # type: ignore[union-attr]
+            self.process.kill()
+            await self.process.wait()
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

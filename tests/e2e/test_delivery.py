@@ -112,7 +112,7 @@ async def test_when_discord_never_accepts_the_job_fails_visibly_and_is_refunded(
             rule.stop()
     history = await ephemeral_reply(fake, "history", {}, user=user)
     assert "❌" in history and "not delivered" in history and "images are kept" in history
-    job_id = int(re.search(r"\*\*(\d+)\*\*", history).group(1))  # type: ignore[union-attr]
+    job_id = int(re.search(r"\*\*(\d+)\*\*", history).group(1))
     assert delivered_jobs(fake)[job_id] == 0
     # Refunded: 4 more images fit in the 6-per-window budget only if the first 4 went back.
     final = await (

@@ -80,7 +80,7 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
         rule.stop()
         assert has_images(handle.original)  # type: ignore[arg-type]
         assert "stopped cleanly" in bot.log_text()
-        job_id = int(handle.original.attachments[0].filename.split("-")[1])  # type: ignore[union-attr]
+        job_id = int(handle.original.attachments[0].filename.split("-")[1])
         await restart(fake, bot)  # recorded as delivered: nothing is sent again
         await asyncio.sleep(2)
         assert delivered_jobs(fake, since)[job_id] == 1

@@ -115,7 +115,7 @@ async def test_deleting_a_running_jobs_message_cancels_it_and_nothing_is_reposte
     user = fake.add_user("deleter")
     handle = fake.invoke_slash("imagine", {"prompt": "long one --steps 400"}, user=user)
     progress = await handle.wait_for_original(lambda m: "%" in (m.content or ""), timeout=WAIT)
-    job_id = int(re.search(r"job (\d+)", progress.content).group(1))  # type: ignore[union-attr]
+    job_id = int(re.search(r"job (\d+)", progress.content).group(1))
     before = {m.id for m in fake.messages_in()}
     fake.state.delete_message(progress)
     await fake.wait_for(

@@ -51,7 +51,7 @@ async def test_a_full_disk_fails_the_job_clearly_and_the_bot_recovers(
             lambda m: "disk is full" in (m.content or ""), timeout=WAIT
         )
         assert "operator has been told" in final.content and not final.attachments
-        job_id = int(re.search(r"job (\d+)", final.content).group(1))  # type: ignore[union-attr]
+        job_id = int(re.search(r"job (\d+)", final.content).group(1))
 
         log = bot.log_text()
         errors = [line for line in log.splitlines() if " ERROR " in line]

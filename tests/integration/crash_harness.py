@@ -30,7 +30,7 @@ async def deliver(store: Store, job_id: int, log: Path) -> None:
             file.write(f"{job_id}\n")
             file.flush()
             os.fsync(file.fileno())
-    await store.mark_delivered(job_id)  # only after the "send" is confirmed
+    await store.jobs.mark_delivered(job_id)  # only after the "send" is confirmed
 
 
 async def follow(handle: JobHandle, store: Store, log: Path) -> None:
@@ -42,11 +42,11 @@ async def main(db: Path, out: Path, log: Path, submit: int) -> None:
     async with await Store.open(db) as store:
         queue = JobQueue(
             FakeGenerator(step_seconds=0.02),
-            store,
+            store.jobs,
             QueueSettings(output_dir=out, max_queued=1000, max_queued_per_user=1000),
         )
         async with queue:
-            for record in await store.undelivered_finished_jobs():
+            for record in await store.jobs.undelivered_finished_jobs():
                 await deliver(store, record.id, log)
             handles = list(queue.recovered)
             for i in range(submit):

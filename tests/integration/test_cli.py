@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sd_parsers import ParserManager
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # starts processes
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -15,7 +15,7 @@ import pytest
 from bot.store import Store
 from inference.jobs import JobState
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]  # starts processes
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,7 +61,7 @@ async def test_sigkill_then_restart_delivers_each_job_exactly_once(tmp_path: Pat
     first.wait()
 
     async with await Store.open(tmp_path / "jobs.sqlite3") as store:
-        unfinished = await store.unfinished_jobs()
+        unfinished = await store.jobs.unfinished_jobs()
     # Killed while a job was running (almost always still so at the kill: a job takes
     # 200 ms) and others waited: both kinds must be finished by the next start.
     assert unfinished, "the kill came too late to test recovery"
@@ -75,7 +75,7 @@ async def test_sigkill_then_restart_delivers_each_job_exactly_once(tmp_path: Pat
     assert sorted(ids) == list(range(1, jobs + 1))  # every job, none twice
     async with await Store.open(tmp_path / "jobs.sqlite3") as store:
         for job_id in ids:
-            record = await store.get_job(job_id)
+            record = await store.jobs.get_job(job_id)
             assert record.state is JobState.DONE
             paths = [Path(image.path) for image in record.outcome.images]
             assert all(path.is_file() for path in paths)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def generator(tiny_model: TinyModel) -> DiffusersGenerator:
     return DiffusersGenerator({"tiny": spec}, RuntimeOptions(preview_interval_s=0.0))
 
 
-def request(**changes: object) -> GenerationRequest:
+def request(**changes: Any) -> GenerationRequest:
     base = GenerationRequest(
         "a lighthouse at dusk", "fog", 64, 64, 4, 7.5, 42, "Euler a", 1, "tiny"
     )
@@ -64,10 +65,11 @@ def test_batch_uses_seed_plus_i_and_each_image_reproduces_alone(
 ) -> None:
     [batch] = generator.generate([request(count=4, seed=100)])
     assert [i.seed for i in batch.images] == [100, 101, 102, 103]
+    assert batch.grid_png is not None
     grid = Image.open(io.BytesIO(batch.grid_png))
     assert grid.size == (128, 128)
-    assert "Size: 128x128" in read_parameters(batch.grid_png)  # the grid's own size
-    assert "Size: 64x64" in read_parameters(batch.images[0].png)
+    assert "Size: 128x128" in (read_parameters(batch.grid_png) or "")  # the grid's own size
+    assert "Size: 64x64" in (read_parameters(batch.images[0].png) or "")
     [alone] = generator.generate([request(seed=102)])
     # Batched and single matmuls may round differently; the picture is the same.
     difference = np.abs(pixels(batch.images[2].png) - pixels(alone.images[0].png))
@@ -99,7 +101,7 @@ def test_progress_previews_and_cancel(generator: DiffusersGenerator) -> None:
     assert all(p.total == 5 for p in seen)
     previews = [p.preview for p in seen if p.preview]
     assert previews and Image.open(io.BytesIO(previews[0])).format == "JPEG"
-    steps = []
+    steps: list[Any] = []
 
     def cancel_after_two(index: int) -> bool:
         return len(steps) >= 2

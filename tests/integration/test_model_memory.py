@@ -29,7 +29,7 @@ def generator(tiny_model: TinyModel) -> DiffusersGenerator:
     return DiffusersGenerator(specs, RuntimeOptions(max_resident_models=1, preview_interval_s=0))
 
 
-def request(model: str, **changes: object) -> GenerationRequest:
+def request(model: str, **changes: Any) -> GenerationRequest:
     base = GenerationRequest("a lighthouse", "", 64, 64, 3, 7.5, 42, "Euler a", 1, model)
     return dataclasses.replace(base, **changes)
 
@@ -71,7 +71,7 @@ def switch_and_check(
     seen = watch(refs)
     generator.load("b")
     assert seen == [[False] * len(refs)], "the evicted model was alive when the next one loaded"
-    assert generator.loaded_models() == ("b",)
+    assert list(generator._loaded) == ["b"]
 
 
 def test_switch_drops_the_evicted_model_before_loading_the_next(

@@ -18,7 +18,7 @@ from inference.testing import TinyModel
 from tests.e2e import botprocess
 from tests.e2e.fakediscord import FakeDiscord
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # starts processes
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.startup-test.not-a-real-token"
 # Every other line on stderr is an ordinary log line (INFO or WARNING), never an error.

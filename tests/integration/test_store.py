@@ -14,20 +14,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import store as store_module
 from bot.store import (
     CancelTooLate,
     DeliveryTarget,
     GuildSettings,
     InvalidTransition,
     JobNotFound,
+    Jobs,
+    RateDecision,
     SchemaTooNewError,
     Store,
 )
+from bot.store import database as database_module
 from inference.jobs import JobJournal, JobOutcome, JobRecord, JobState, Owner, StoredImage
 from inference.types import GenerationRequest
 
-LATEST_VERSION = len(store_module._migrations())
+LATEST_VERSION = len(database_module._migrations())
 
 
 class FakeClock:
@@ -88,30 +90,31 @@ def raw(path: Path) -> sqlite3.Connection:
 async def test_migrations_apply_from_empty_and_reopen_is_idempotent(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "bot.db"  # the parent folder does not exist yet
     async with opened(db) as store:
-        assert await store.schema_version() == LATEST_VERSION >= 1
-        job_id = await store.create_job(OWNER, request())
+        job_id = await store.jobs.create_job(OWNER, request())
     with raw(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
-    assert {"users", "jobs", "job_images", "rate_events", "guild_settings"} <= tables
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION >= 3
+    assert {"jobs", "job_images", "rate_events", "guild_settings", "instance"} <= tables
+    assert "users" not in tables  # dropped by 0003: written with every job, never read
     # Re-applying 0001 would fail on CREATE TABLE; reopening twice must keep the data.
     for _ in range(2):
         async with opened(db) as store:
-            assert await store.schema_version() == LATEST_VERSION
-            job = await store.get_job(job_id)
+            job = await store.jobs.get_job(job_id)
             assert job is not None and job.request == request()
+        with raw(db) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
 
 
-def test_store_implements_job_journal() -> None:
+def test_jobs_implement_job_journal() -> None:
     def journal(store: Store) -> JobJournal:
-        return store  # a type checker verifies the return types here
+        return store.jobs  # a type checker verifies the return types here
 
     members = [m for m in vars(JobJournal) if not m.startswith("_")]
     assert len(members) == 7
     for name in members:
         wanted = inspect.signature(getattr(JobJournal, name))
-        got = inspect.signature(getattr(Store, name))
-        assert inspect.iscoroutinefunction(getattr(Store, name)), name
+        got = inspect.signature(getattr(Jobs, name))
+        assert inspect.iscoroutinefunction(getattr(Jobs, name)), name
         assert list(got.parameters)[: len(wanted.parameters)] == list(wanted.parameters), name
         extra = list(got.parameters.values())[len(wanted.parameters) :]
         assert all(p.default is not p.empty for p in extra), name  # extras are optional
@@ -121,10 +124,12 @@ def test_store_implements_job_journal() -> None:
 async def test_pragmas_wal_foreign_keys_busy_timeout(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
     async with opened(db) as store:
-        assert await store.pragma("journal_mode") == "wal"
-        assert await store.pragma("foreign_keys") == 1
-        assert await store.pragma("busy_timeout") > 0
-        assert await store.pragma("synchronous") == 1  # NORMAL
+        # Per connection, so read on the store's own (nothing else runs: no lock needed).
+        pragma = store.database.scalar
+        assert await pragma("PRAGMA journal_mode") == "wal"
+        assert await pragma("PRAGMA foreign_keys") == 1  # on again after the migrations
+        assert await pragma("PRAGMA busy_timeout") > 0
+        assert await pragma("PRAGMA synchronous") == 1  # NORMAL
     with raw(db) as conn:  # WAL is a property of the file: visible from another connection
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -147,10 +152,10 @@ async def test_failed_migration_rolls_back_entirely(
     db = tmp_path / "bot.db"
     async with opened(db):
         pass
-    good = store_module._migrations()
+    good = database_module._migrations()
     bad_sql = "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
     monkeypatch.setattr(
-        store_module, "_migrations", lambda: [*good, (len(good) + 1, "bad.sql", bad_sql)]
+        database_module, "_migrations", lambda: [*good, (len(good) + 1, "bad.sql", bad_sql)]
     )
     with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
         await Store.open(db)
@@ -158,6 +163,49 @@ async def test_failed_migration_rolls_back_entirely(
         assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert "half_done" not in names
+
+
+async def test_dropping_users_keeps_every_job_image_link_and_id(tmp_path: Path) -> None:
+    """0003 rebuilds jobs without its reference to users: a database written at version 2
+    keeps its jobs, images and re-roll links, and never hands out an id again."""
+    db = tmp_path / "bot.db"
+    folder = Path(database_module.__file__).parents[1] / "migrations"
+    with raw(db) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        for version, name in ((1, "0001_initial.sql"), (2, "0002_delivery.sql")):
+            conn.executescript((folder / name).read_text(encoding="utf-8"))
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("INSERT INTO users (id, first_seen, last_seen) VALUES (111, 1, 1)")
+        for seed, source in ((1, None), (2, 1), (3, None)):
+            conn.execute(
+                "INSERT INTO jobs (user_id, guild_id, prompt, negative_prompt, width, height,"
+                " steps, guidance, seed, sampler, count, model, created_at, rerolled_from,"
+                " rate_event_id) VALUES (111, 222, 'p', 'n', 64, 64, 1, 7.0, ?, 's', 1, 'm',"
+                " 1.0, ?, 9)",
+                (seed, source),
+            )
+        conn.execute(
+            "UPDATE jobs SET state = 'done', started_at = 2, finished_at = 3, elapsed_s = 1"
+            " WHERE id = 1"
+        )
+        conn.execute("INSERT INTO job_images VALUES (1, 0, '/1.png', 1, 64, 64)")
+        conn.execute("DELETE FROM jobs WHERE id = 3")  # the newest id must stay used
+    async with opened(db) as store:
+        done = await store.jobs.get_job(1)
+        assert done is not None and done.owner == OWNER and done.state is JobState.DONE
+        assert done.outcome is not None and done.outcome.images[0].path == "/1.png"
+        assert await store.jobs.rate_event_of(2) == 9
+        assert await store.jobs.create_job(OWNER, request()) == 4
+    with raw(db) as conn:
+        assert conn.execute("SELECT id, rerolled_from FROM jobs ORDER BY id").fetchall() == [
+            (1, None),
+            (2, 1),
+            (4, None),
+        ]
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "users" not in names and "jobs_new" not in names
+        assert {"jobs_unfinished", "jobs_user", "jobs_message", "jobs_undelivered"} <= names
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 def test_split_sql_keeps_semicolons_inside_strings_comments_and_triggers() -> None:
@@ -169,11 +217,11 @@ def test_split_sql_keeps_semicolons_inside_strings_comments_and_triggers() -> No
     END;
     -- trailing comment
     """
-    statements = store_module._split_sql(script)
+    statements = database_module._split_sql(script)
     assert len(statements) == 2
     assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
-    with pytest.raises(store_module.MigrationError, match="incomplete"):
-        store_module._split_sql("CREATE TABLE a (x);\nCREATE TABLE b (y)")
+    with pytest.raises(database_module.MigrationError, match="incomplete"):
+        database_module._split_sql("CREATE TABLE a (x);\nCREATE TABLE b (y)")
 
 
 # --------------------------------------------------------------------------- state machine
@@ -181,11 +229,11 @@ def test_split_sql_keeps_semicolons_inside_strings_comments_and_triggers() -> No
 Action = Callable[[Store, int], Awaitable[object]]
 
 ACTIONS: dict[str, Action] = {
-    "run": lambda s, j: s.mark_running(j),
-    "done": lambda s, j: s.mark_done(j, outcome(j)),
-    "fail": lambda s, j: s.mark_failed(j, "boom"),
-    "cancel": lambda s, j: s.mark_cancelled(j),
-    "requeue": lambda s, j: s.requeue(j),
+    "run": lambda s, j: s.jobs.mark_running(j),
+    "done": lambda s, j: s.jobs.mark_done(j, outcome(j)),
+    "fail": lambda s, j: s.jobs.mark_failed(j, "boom"),
+    "cancel": lambda s, j: s.jobs.mark_cancelled(j),
+    "requeue": lambda s, j: s.jobs.requeue(j),
 }
 
 # (state the job is in, action) -> state after, or "illegal", or "unchanged" (allowed no-op)
@@ -223,11 +271,11 @@ PATH_TO: dict[JobState, tuple[str, ...]] = {
 async def test_state_transition(tmp_path: Path, start: JobState, action: str) -> None:
     clock = FakeClock()
     async with opened(tmp_path / "bot.db", clock) as store:
-        job_id = await store.create_job(OWNER, request())
+        job_id = await store.jobs.create_job(OWNER, request())
         for step in PATH_TO[start]:
             clock.advance(1)
             await ACTIONS[step](store, job_id)
-        before = await store.get_job(job_id)
+        before = await store.jobs.get_job(job_id)
         assert before is not None and before.state is start
         clock.advance(1)
         expected = EXPECTED[(start, action)]
@@ -238,13 +286,13 @@ async def test_state_transition(tmp_path: Path, start: JobState, action: str) ->
             assert info.value.job_id == job_id and info.value.current is start
             assert str(start) in str(info.value)
             assert isinstance(info.value, CancelTooLate) == (expected == "too late")
-            assert await store.get_job(job_id) == before  # nothing overwritten
+            assert await store.jobs.get_job(job_id) == before  # nothing overwritten
         elif expected == "unchanged":
             await ACTIONS[action](store, job_id)
-            assert await store.get_job(job_id) == before
+            assert await store.jobs.get_job(job_id) == before
         else:
             await ACTIONS[action](store, job_id)
-            after = await store.get_job(job_id)
+            after = await store.jobs.get_job(job_id)
             assert after is not None and after.state is expected
             if expected.finished:
                 assert after.finished_at == clock.now
@@ -269,31 +317,31 @@ async def test_transitions_on_unknown_job_raise_not_found(tmp_path: Path, action
 
 async def test_second_mark_done_keeps_the_first_images(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
-        job_id = await store.create_job(OWNER, request())
-        await store.mark_running(job_id)
-        await store.mark_done(job_id, outcome(job_id, 2))
+        job_id = await store.jobs.create_job(OWNER, request())
+        await store.jobs.mark_running(job_id)
+        await store.jobs.mark_done(job_id, outcome(job_id, 2))
         with pytest.raises(InvalidTransition):
-            await store.mark_done(job_id, outcome(job_id, 3))
-        job = await store.get_job(job_id)
+            await store.jobs.mark_done(job_id, outcome(job_id, 3))
+        job = await store.jobs.get_job(job_id)
         assert job is not None and job.outcome == outcome(job_id, 2)
 
 
 async def test_mark_done_is_one_transaction(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
-        job_id = await store.create_job(OWNER, request())
-        await store.mark_running(job_id)
+        job_id = await store.jobs.create_job(OWNER, request())
+        await store.jobs.mark_running(job_id)
         broken = JobOutcome(
             images=(StoredImage("/ok.png", 1, 64, 64), StoredImage(None, 2, 64, 64)),  # type: ignore[arg-type]
             grid_path="/grid.png",
             elapsed_s=1.0,
         )
         with pytest.raises(sqlite3.IntegrityError):
-            await store.mark_done(job_id, broken)
-        job = await store.get_job(job_id)
+            await store.jobs.mark_done(job_id, broken)
+        job = await store.jobs.get_job(job_id)
         assert job is not None and job.state is JobState.RUNNING
         # The first image's row was rolled back with the state change: a retry succeeds.
-        await store.mark_done(job_id, outcome(job_id))
-        job = await store.get_job(job_id)
+        await store.jobs.mark_done(job_id, outcome(job_id))
+        job = await store.jobs.get_job(job_id)
         assert job is not None and job.outcome == outcome(job_id)
 
 
@@ -302,15 +350,15 @@ async def test_unfinished_jobs_oldest_first(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db", clock) as store:
         ids = []
         for i in range(6):
-            ids.append(await store.create_job(Owner(i), request(prompt=f"p{i}")))
+            ids.append(await store.jobs.create_job(Owner(i), request(prompt=f"p{i}")))
             clock.advance(-10)  # a clock stepping backwards must not reorder the queue
-        await store.mark_running(ids[1])
-        await store.mark_running(ids[2])
-        await store.mark_done(ids[2], outcome(ids[2]))
-        await store.mark_cancelled(ids[3])
-        await store.mark_running(ids[4])
+        await store.jobs.mark_running(ids[1])
+        await store.jobs.mark_running(ids[2])
+        await store.jobs.mark_done(ids[2], outcome(ids[2]))
+        await store.jobs.mark_cancelled(ids[3])
+        await store.jobs.mark_running(ids[4])
     async with opened(tmp_path / "bot.db", clock) as store:  # crash recovery reads after restart
-        unfinished = await store.unfinished_jobs()
+        unfinished = await store.jobs.unfinished_jobs()
         assert [j.id for j in unfinished] == [ids[0], ids[1], ids[4], ids[5]]
         assert [j.state for j in unfinished] == [
             JobState.QUEUED,
@@ -319,8 +367,8 @@ async def test_unfinished_jobs_oldest_first(tmp_path: Path) -> None:
             JobState.QUEUED,
         ]
         for job in unfinished:
-            await store.requeue(job.id)
-        assert {j.state for j in await store.unfinished_jobs()} == {JobState.QUEUED}
+            await store.jobs.requeue(job.id)
+        assert {j.state for j in await store.jobs.unfinished_jobs()} == {JobState.QUEUED}
 
 
 # --------------------------------------------------------------------------- round trip
@@ -367,15 +415,15 @@ async def test_journal_round_trip_preserves_every_field(
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "bot.db"
         async with opened(db, clock) as store:
-            job_id = await store.create_job(owner, req)
-            [queued] = await store.unfinished_jobs()
+            job_id = await store.jobs.create_job(owner, req)
+            [queued] = await store.jobs.unfinished_jobs()
             assert queued.request == req and queued.owner == owner
             clock.advance(1.5)
-            await store.mark_running(job_id)
+            await store.jobs.mark_running(job_id)
             clock.advance(2.25)
-            await store.mark_done(job_id, result)
+            await store.jobs.mark_done(job_id, result)
         async with opened(db, clock) as store:  # read back after a restart
-            job = await store.get_job(job_id)
+            job = await store.jobs.get_job(job_id)
     assert job == JobRecord(
         id=job_id,
         owner=owner,
@@ -399,31 +447,31 @@ async def test_sql_injection_looking_text_is_stored_verbatim(tmp_path: Path) -> 
         model="x'); DROP TABLE job_images;--",
     )
     async with opened(tmp_path / "bot.db") as store:
-        job_id = await store.create_job(OWNER, req)
-        await store.mark_running(job_id)
-        await store.mark_failed(job_id, evil)
-        await store.set_guild_settings(GuildSettings(5, blocked_words=(evil, "a'b")))
-        job = await store.get_job(job_id)
+        job_id = await store.jobs.create_job(OWNER, req)
+        await store.jobs.mark_running(job_id)
+        await store.jobs.mark_failed(job_id, evil)
+        await store.guilds.set_guild_settings(GuildSettings(5, blocked_words=(evil, "a'b")))
+        job = await store.jobs.get_job(job_id)
         assert job is not None and job.request == req and job.error == evil
-        assert (await store.get_guild_settings(5)).blocked_words == (evil, "a'b")
-        assert [j.id for j in await store.history(OWNER.user_id)] == [job_id]
+        assert (await store.guilds.get_guild_settings(5)).blocked_words == (evil, "a'b")
+        assert [j.id for j in await store.jobs.history(OWNER.user_id)] == [job_id]
     with raw(tmp_path / "bot.db") as conn:
         assert conn.execute("SELECT prompt FROM jobs").fetchall() == [(evil,)]
-        assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 1
+        assert conn.execute("SELECT user_id FROM jobs").fetchall() == [(OWNER.user_id,)]
 
 
 # --------------------------------------------------------------------------- delivery
 
 
 async def _finished_job(store: Store, state: JobState = JobState.DONE) -> int:
-    job_id = await store.create_job(OWNER, request())
-    await store.mark_running(job_id)
+    job_id = await store.jobs.create_job(OWNER, request())
+    await store.jobs.mark_running(job_id)
     if state is JobState.DONE:
-        await store.mark_done(job_id, outcome(job_id))
+        await store.jobs.mark_done(job_id, outcome(job_id))
     elif state is JobState.FAILED:
-        await store.mark_failed(job_id, "boom")
+        await store.jobs.mark_failed(job_id, "boom")
     else:
-        await store.mark_cancelled(job_id)
+        await store.jobs.mark_cancelled(job_id)
     return job_id
 
 
@@ -432,25 +480,25 @@ async def test_mark_delivered_true_exactly_once_under_concurrency(tmp_path: Path
     async with opened(db) as one, opened(db) as two:  # two connections, as two processes
         job_ids = [await _finished_job(one) for _ in range(5)]
         for job_id in job_ids:
-            calls = [s.mark_delivered(job_id) for _ in range(10) for s in (one, two)]
+            calls = [s.jobs.mark_delivered(job_id) for _ in range(10) for s in (one, two)]
             results = await asyncio.gather(*calls)
             assert results.count(True) == 1 and results.count(False) == 19
-        job = await two.get_job(job_ids[0])
+        job = await two.jobs.get_job(job_ids[0])
         assert job is not None and job.delivered
-        assert await one.mark_delivered(job_ids[0]) is False
+        assert await one.jobs.mark_delivered(job_ids[0]) is False
 
 
 async def test_mark_delivered_refuses_unfinished_and_unknown_jobs(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
-        job_id = await store.create_job(OWNER, request())
+        job_id = await store.jobs.create_job(OWNER, request())
         with pytest.raises(InvalidTransition, match="only a finished job"):
-            await store.mark_delivered(job_id)
-        await store.mark_running(job_id)
+            await store.jobs.mark_delivered(job_id)
+        await store.jobs.mark_running(job_id)
         with pytest.raises(InvalidTransition):
-            await store.mark_delivered(job_id)
+            await store.jobs.mark_delivered(job_id)
         with pytest.raises(JobNotFound):
-            await store.mark_delivered(12345)
-        job = await store.get_job(job_id)
+            await store.jobs.mark_delivered(12345)
+        job = await store.jobs.get_job(job_id)
         assert job is not None and not job.delivered
 
 
@@ -461,27 +509,27 @@ async def test_undelivered_finished_jobs_for_redelivery_after_restart(tmp_path: 
         failed = await _finished_job(store, JobState.FAILED)
         await _finished_job(store, JobState.CANCELLED)
         delivered = await _finished_job(store, JobState.DONE)
-        assert await store.mark_delivered(delivered)
-        await store.create_job(OWNER, request())  # still queued
+        assert await store.jobs.mark_delivered(delivered)
+        await store.jobs.create_job(OWNER, request())  # still queued
     async with opened(db) as store:
-        pending = await store.undelivered_finished_jobs()
+        pending = await store.jobs.undelivered_finished_jobs()
         assert [(j.id, j.state) for j in pending] == [
             (done, JobState.DONE),
             (failed, JobState.FAILED),
         ]
         assert pending[0].outcome == outcome(done) and pending[1].error == "boom"
-        assert await store.mark_delivered(done)
-        assert [j.id for j in await store.undelivered_finished_jobs()] == [failed]
+        assert await store.jobs.mark_delivered(done)
+        assert [j.id for j in await store.jobs.undelivered_finished_jobs()] == [failed]
 
 
 async def test_delivery_target_and_job_by_message_survive_restart(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
     async with opened(db) as store:
-        job_id = await store.create_job(OWNER, request(), channel_id=10)
-        other = await store.create_job(OWNER, request(prompt="other"))
-        assert await store.get_delivery_target(job_id) == DeliveryTarget(job_id, 10)
+        job_id = await store.jobs.create_job(OWNER, request(), target=DeliveryTarget(0, 10))
+        other = await store.jobs.create_job(OWNER, request(prompt="other"))
+        assert await store.jobs.get_delivery_target(job_id) == DeliveryTarget(job_id, 10)
         # At defer time: the token, no message yet.
-        await store.set_delivery_target(
+        await store.jobs.set_delivery_target(
             job_id,
             channel_id=10,
             interaction_token="secret-token",
@@ -489,14 +537,14 @@ async def test_delivery_target_and_job_by_message_survive_restart(tmp_path: Path
             token_expires_at=1_700_000_900.0,
         )
         # After the first followup: the message id; the token must be kept.
-        await store.set_delivery_target(job_id, channel_id=10, message_id=2**62 + 5)
-        await store.set_delivery_target(other, channel_id=11, message_id=999)
+        await store.jobs.set_delivery_target(job_id, channel_id=10, message_id=2**62 + 5)
+        await store.jobs.set_delivery_target(other, channel_id=11, message_id=999)
         with pytest.raises(JobNotFound):
-            await store.set_delivery_target(4242, channel_id=1)
+            await store.jobs.set_delivery_target(4242, channel_id=1)
     async with opened(db) as store:
-        job = await store.job_by_message(2**62 + 5)
+        job = await store.jobs.job_by_message(2**62 + 5)
         assert job is not None and job.id == job_id and job.request == request()
-        target = await store.get_delivery_target(job_id)
+        target = await store.jobs.get_delivery_target(job_id)
         assert target == DeliveryTarget(
             job_id=job_id,
             channel_id=10,
@@ -508,33 +556,31 @@ async def test_delivery_target_and_job_by_message_survive_restart(tmp_path: Path
         assert "secret-token" not in repr(target)
         assert target.token_usable(1_700_000_000.0)
         assert not target.token_usable(1_700_000_890.0)
-        assert await store.job_by_message(123) is None
-        assert await store.get_delivery_target(4242) is None
-        other_job = await store.job_by_message(999)
+        assert await store.jobs.job_by_message(123) is None
+        assert await store.jobs.get_delivery_target(4242) is None
+        other_job = await store.jobs.job_by_message(999)
         assert other_job is not None and other_job.id == other
         # A re-roll that reuses the message: the message now means the newer job.
-        newer = await store.create_job(OWNER, request(seed=5))
-        await store.set_delivery_target(newer, channel_id=11, message_id=999)
-        newest = await store.job_by_message(999)
+        newer = await store.jobs.create_job(OWNER, request(seed=5))
+        await store.jobs.set_delivery_target(newer, channel_id=11, message_id=999)
+        newest = await store.jobs.job_by_message(999)
         assert newest is not None and newest.id == newer
 
 
-async def test_rerolled_from(tmp_path: Path) -> None:
-    async with opened(tmp_path / "bot.db") as store:
-        source = await store.create_job(OWNER, request())
-        reroll = await store.create_job(OWNER, request(seed=99), rerolled_from=source)
-        later = await store.create_job(OWNER, request(seed=100))
-        assert await store.rerolled_from(reroll) == source
-        assert await store.rerolled_from(later) is None
-        await store.set_rerolled_from(later, reroll)
-        assert await store.rerolled_from(later) == reroll
-        with pytest.raises(JobNotFound):  # the foreign key holds: foreign_keys is on
-            await store.set_rerolled_from(later, 5555)
-        assert await store.rerolled_from(later) == reroll
-        with pytest.raises(JobNotFound):
-            await store.set_rerolled_from(5555, source)
-        with pytest.raises(ValueError):
-            await store.set_rerolled_from(source, source)
+async def test_a_reroll_records_its_source(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        source = await store.jobs.create_job(OWNER, request())
+        reroll = await store.jobs.create_job(OWNER, request(seed=99), rerolled_from=source)
+        with pytest.raises(sqlite3.IntegrityError):  # the foreign key holds: foreign_keys is on
+            await store.jobs.create_job(OWNER, request(seed=100), rerolled_from=5555)
+    with raw(db) as conn:
+        lineage = conn.execute("SELECT id, rerolled_from FROM jobs ORDER BY id").fetchall()
+        assert lineage == [(source, None), (reroll, source)]
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM jobs WHERE id = ?", (source,))
+        # The rebuilt table (0003) kept ON DELETE SET NULL.
+        assert conn.execute("SELECT rerolled_from FROM jobs").fetchall() == [(None,)]
 
 
 # --------------------------------------------------------------------------- history
@@ -544,39 +590,26 @@ async def test_history_pages_newest_first(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
         mine: list[int] = []
         for i in range(25):
-            mine.append(await store.create_job(Owner(1, 9), request(prompt=f"mine {i}")))
-            await store.create_job(Owner(2, 9), request(prompt=f"theirs {i}"))
-        pages = [await store.history(1, limit=10, offset=o) for o in (0, 10, 20, 30)]
+            mine.append(await store.jobs.create_job(Owner(1, 9), request(prompt=f"mine {i}")))
+            await store.jobs.create_job(Owner(2, 9), request(prompt=f"theirs {i}"))
+        pages = [await store.jobs.history(1, limit=10, offset=o) for o in (0, 10, 20, 30)]
         assert [len(p) for p in pages] == [10, 10, 5, 0]
         seen = [j.id for page in pages for j in page]
         assert seen == sorted(mine, reverse=True)
         assert all(j.owner.user_id == 1 for page in pages for j in page)
         assert pages[0][0].request.prompt == "mine 24"
-        assert await store.count_history(1) == 25
-        assert await store.count_history(3) == 0
-        assert await store.history(3) == []
+        assert await store.jobs.count_history(1) == 25
+        assert await store.jobs.count_history(3) == 0
+        assert await store.jobs.history(3) == []
 
-        await store.mark_running(mine[0])
-        await store.mark_done(mine[0], outcome(mine[0]))
-        await store.mark_cancelled(mine[1])
-        done = await store.history(1, states={JobState.DONE})
+        await store.jobs.mark_running(mine[0])
+        await store.jobs.mark_done(mine[0], outcome(mine[0]))
+        await store.jobs.mark_cancelled(mine[1])
+        done = await store.jobs.history(1, states={JobState.DONE})
         assert [j.id for j in done] == [mine[0]] and done[0].outcome == outcome(mine[0])
-        assert await store.count_history(1, states={JobState.DONE, JobState.CANCELLED}) == 2
+        assert await store.jobs.count_history(1, states={JobState.DONE, JobState.CANCELLED}) == 2
         with pytest.raises(ValueError):
-            await store.history(1, limit=-1)
-
-
-async def test_user_jobs_filters_by_state_oldest_first(tmp_path: Path) -> None:
-    async with opened(tmp_path / "bot.db") as store:
-        a = await store.create_job(OWNER, request())
-        b = await store.create_job(OWNER, request())
-        c = await store.create_job(OWNER, request())
-        await store.create_job(Owner(5), request())
-        await store.mark_running(b)
-        await store.mark_cancelled(c)
-        active = await store.user_jobs(OWNER.user_id, {JobState.QUEUED, JobState.RUNNING})
-        assert [(j.id, j.state) for j in active] == [(a, JobState.QUEUED), (b, JobState.RUNNING)]
-        assert await store.user_jobs(OWNER.user_id, {JobState.DONE}) == []
+            await store.jobs.history(1, limit=-1)
 
 
 # --------------------------------------------------------------------------- guild settings
@@ -585,8 +618,8 @@ async def test_user_jobs_filters_by_state_oldest_first(tmp_path: Path) -> None:
 async def test_guild_settings_round_trip(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
     async with opened(db) as store:
-        assert await store.get_guild_settings(1) == GuildSettings(1)
-        assert await store.longest_window_override_s() is None
+        assert await store.guilds.get_guild_settings(1) == GuildSettings(1)
+        assert await store.guilds.longest_window_override_s() is None
         wanted = GuildSettings(
             guild_id=2**60,
             allowed_channel_ids=frozenset({2**61, 3}),
@@ -595,15 +628,15 @@ async def test_guild_settings_round_trip(tmp_path: Path) -> None:
             window_minutes=90,
             max_queued=2,
         )
-        await store.set_guild_settings(wanted)
-        await store.set_guild_settings(GuildSettings(3, window_minutes=15))
+        await store.guilds.set_guild_settings(wanted)
+        await store.guilds.set_guild_settings(GuildSettings(3, window_minutes=15))
     async with opened(db) as store:
-        assert await store.get_guild_settings(2**60) == wanted
-        assert await store.longest_window_override_s() == 90 * 60
+        assert await store.guilds.get_guild_settings(2**60) == wanted
+        assert await store.guilds.longest_window_override_s() == 90 * 60
         # A list is frozen into a tuple.
         replaced = GuildSettings(2**60, blocked_words=["x"])  # type: ignore[arg-type]
-        await store.set_guild_settings(replaced)
-        got = await store.get_guild_settings(2**60)
+        await store.guilds.set_guild_settings(replaced)
+        got = await store.guilds.get_guild_settings(2**60)
         assert got == replaced and got.blocked_words == ("x",) and got.images_per_window is None
     with pytest.raises(ValueError, match="images_per_window"):
         GuildSettings(1, images_per_window=0)
@@ -612,25 +645,54 @@ async def test_guild_settings_round_trip(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- rate events
 
 
+async def charge(
+    store: Store, user_id: int, guild_id: int | None, images: int, at: float
+) -> RateDecision:
+    """Record an event as the limiter does; a window of 1 s keeps the cap out of the way."""
+    return await store.rates.try_add_rate_event(
+        user_id, guild_id, images, at=at, user_limit=100, user_window_s=1.0
+    )
+
+
+async def window(
+    store: Store, *, since: float, user_id: int = 0, guild_id: int | None = None
+) -> RateDecision:
+    """What the windows (since, ...] hold, as the limiter sees them; caps of 0 record
+    nothing."""
+    at = 10_000.0
+    decision = await store.rates.try_add_rate_event(
+        user_id,
+        guild_id,
+        1,
+        at=at,
+        user_limit=0,
+        user_window_s=at - since,
+        guild_limit=0,
+        guild_window_s=at - since,
+    )
+    assert decision.event_id is None
+    return decision
+
+
 async def test_rate_event_window_sums_and_pruning(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
-        await store.add_rate_event(1, 10, 2, at=100.0)
-        await store.add_rate_event(1, 10, 1, at=200.0)
-        await store.add_rate_event(2, 10, 4, at=300.0)
-        await store.add_rate_event(1, None, 3, at=400.0)
-        assert await store.rate_images_since(user_id=1, since=0) == 6
-        assert await store.rate_images_since(user_id=1, since=100.0) == 4  # strictly after
-        assert await store.rate_images_since(guild_id=10, since=150.0) == 5
-        assert await store.rate_event_expiry(user_id=1, since=0) == 100.0
-        assert await store.rate_event_expiry(user_id=1, since=0, images=3) == 200.0
-        assert await store.rate_event_expiry(user_id=1, since=0, images=4) == 400.0
-        assert await store.rate_event_expiry(user_id=1, since=0, images=7) is None
-        assert await store.rate_event_expiry(guild_id=10, since=100.0, images=2) == 300.0
+        for user, guild, images, at in ((1, 10, 2, 100.0), (1, 10, 1, 200.0), (2, 10, 4, 300.0)):
+            assert (await charge(store, user, guild, images, at)).event_id is not None
+        assert (await charge(store, 1, None, 3, 400.0)).event_id is not None
+        assert (await window(store, since=0, user_id=1)).user_used == 6
+        assert (await window(store, since=100.0, user_id=1)).user_used == 4  # strictly after
+        assert (await window(store, since=150.0, guild_id=10)).guild_used == 5
+        assert await store.rates.rate_event_expiry(user_id=1, since=0) == 100.0
+        assert await store.rates.rate_event_expiry(user_id=1, since=0, images=3) == 200.0
+        assert await store.rates.rate_event_expiry(user_id=1, since=0, images=4) == 400.0
+        assert await store.rates.rate_event_expiry(user_id=1, since=0, images=7) is None
+        assert await store.rates.rate_event_expiry(guild_id=10, since=100.0, images=2) == 300.0
         with pytest.raises(ValueError):
-            await store.rate_images_since(user_id=1, guild_id=10, since=0)
-        assert await store.prune_rate_events(before=300.0) == 2
-        assert await store.rate_images_since(user_id=1, since=0) == 3
-        assert await store.rate_images_since(user_id=2, since=0) == 4
+            await store.rates.rate_event_expiry(user_id=1, guild_id=10, since=0)
+        assert await store.rates.prune_rate_events(before=300.0) == 2
+        assert (await window(store, since=0, user_id=1)).user_used == 3
+        assert (await window(store, since=0, user_id=2)).user_used == 4
+        assert (await window(store, since=0, guild_id=10)).guild_used == 4
 
 
 async def test_a_job_is_created_with_its_delivery_target_and_rate_charge(tmp_path: Path) -> None:
@@ -639,23 +701,23 @@ async def test_a_job_is_created_with_its_delivery_target_and_rate_charge(tmp_pat
     db = tmp_path / "bot.db"
     target = DeliveryTarget(0, 10, None, "tok", 99, 1_700_000_900.0)
     async with opened(db) as store:
-        job_id = await store.create_job(OWNER, request(), target=target, rate_event_id=77)
+        job_id = await store.jobs.create_job(OWNER, request(), target=target, rate_event_id=77)
     async with opened(db) as store:
-        assert await store.get_delivery_target(job_id) == DeliveryTarget(
+        assert await store.jobs.get_delivery_target(job_id) == DeliveryTarget(
             job_id, 10, None, "tok", 99, 1_700_000_900.0
         )
-        assert await store.rate_event_of(job_id) == 77
+        assert await store.jobs.rate_event_of(job_id) == 77
 
 
 async def test_mark_delivered_records_the_confirmed_message(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
-        job_id = await store.create_job(OWNER, request(), channel_id=10)
-        await store.mark_running(job_id)
-        await store.mark_done(job_id, outcome(job_id))
-        assert await store.mark_delivered(job_id, channel_id=11, message_id=555)
-        target = await store.get_delivery_target(job_id)
+        job_id = await store.jobs.create_job(OWNER, request(), target=DeliveryTarget(0, 10))
+        await store.jobs.mark_running(job_id)
+        await store.jobs.mark_done(job_id, outcome(job_id))
+        assert await store.jobs.mark_delivered(job_id, channel_id=11, message_id=555)
+        target = await store.jobs.get_delivery_target(job_id)
         assert target is not None and (target.channel_id, target.message_id) == (11, 555)
-        assert (await store.job_by_message(555)).id == job_id  # type: ignore[union-attr]
+        assert (await store.jobs.job_by_message(555)).id == job_id
 
 
 async def test_giving_up_a_delivery_fails_the_job_keeps_images_and_returns_the_charge(
@@ -663,23 +725,25 @@ async def test_giving_up_a_delivery_fails_the_job_keeps_images_and_returns_the_c
 ) -> None:
     db = tmp_path / "bot.db"
     async with opened(db) as store:
-        job_id = await store.create_job(OWNER, request(), channel_id=10, rate_event_id=5)
-        await store.mark_running(job_id)
-        await store.mark_done(job_id, outcome(job_id))
-        assert await store.give_up_delivery(job_id, "not delivered: Discord said no") == 5
-        assert await store.give_up_delivery(job_id, "again") is None  # settled once
-        assert await store.mark_delivered(job_id) is False
+        job_id = await store.jobs.create_job(
+            OWNER, request(), target=DeliveryTarget(0, 10), rate_event_id=5
+        )
+        await store.jobs.mark_running(job_id)
+        await store.jobs.mark_done(job_id, outcome(job_id))
+        assert await store.jobs.give_up_delivery(job_id, "not delivered: Discord said no") == 5
+        assert await store.jobs.give_up_delivery(job_id, "again") is None  # settled once
+        assert await store.jobs.mark_delivered(job_id) is False
         with pytest.raises(JobNotFound):
-            await store.give_up_delivery(4242, "x")
+            await store.jobs.give_up_delivery(4242, "x")
     async with opened(db) as store:
-        job = await store.get_job(job_id)
+        job = await store.jobs.get_job(job_id)
         assert job is not None and job.state is JobState.FAILED
         assert job.error == "not delivered: Discord said no"
         assert job.outcome is not None and job.outcome.images == outcome(job_id).images
-        assert await store.undelivered_finished_jobs() == []  # nothing re-sent after restart
+        assert await store.jobs.undelivered_finished_jobs() == []  # nothing re-sent after restart
         failed = await _finished_job(store, JobState.FAILED)
-        assert await store.give_up_delivery(failed, "x") is None  # a notice: state unchanged
-        job = await store.get_job(failed)
+        assert await store.jobs.give_up_delivery(failed, "x") is None  # a notice: state unchanged
+        job = await store.jobs.get_job(failed)
         assert job is not None and job.state is JobState.FAILED and job.error == "boom"
 
 
@@ -699,9 +763,9 @@ async def test_each_database_has_its_own_stable_instance_id(tmp_path: Path) -> N
 
 async def test_delivery_targets_of_a_page_in_one_call(tmp_path: Path) -> None:
     async with opened(tmp_path / "bot.db") as store:
-        a = await store.create_job(OWNER, request(), channel_id=10)
-        b = await store.create_job(OWNER, request(), channel_id=11)
-        await store.set_delivery_target(b, channel_id=11, message_id=77)
-        targets = await store.delivery_targets([a, b, 4242])
+        a = await store.jobs.create_job(OWNER, request(), target=DeliveryTarget(0, 10))
+        b = await store.jobs.create_job(OWNER, request(), target=DeliveryTarget(0, 11))
+        await store.jobs.set_delivery_target(b, channel_id=11, message_id=77)
+        targets = await store.jobs.delivery_targets([a, b, 4242])
         assert targets == {a: DeliveryTarget(a, 10), b: DeliveryTarget(b, 11, 77)}
-        assert await store.delivery_targets([]) == {}
+        assert await store.jobs.delivery_targets([]) == {}

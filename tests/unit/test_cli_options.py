@@ -7,22 +7,10 @@ import argparse
 import pytest
 
 from bot.cli_generate import options_from_args
+from bot.flags import FLAGS
 from inference.errors import InvalidRequestError
 
-NO_OPTIONS = dict.fromkeys(
-    (
-        "negative",
-        "width",
-        "height",
-        "aspect_ratio",
-        "steps",
-        "guidance",
-        "seed",
-        "sampler",
-        "count",
-        "model",
-    ),
-)
+NO_OPTIONS = dict.fromkeys(flag.option for flag in FLAGS)  # argparse's defaults
 
 
 def args(prompt: str, **given: object) -> argparse.Namespace:
@@ -45,3 +33,16 @@ def test_the_same_option_both_ways_is_an_error_naming_it() -> None:
     with pytest.raises(InvalidRequestError) as error:
         options_from_args(args("a fox --seed 3", seed=4), "tiny")
     assert error.value.field == "seed"
+
+
+def test_the_real_command_line_has_an_option_for_every_inline_flag() -> None:
+    from bot.__main__ import _parser
+
+    parsed = _parser().parse_args(["generate", "a fox --w 64", "--cfg", "5"])
+    options = options_from_args(parsed, "tiny")  # reads one argument per flag in bot/flags.py
+    assert (options.width, options.guidance) == (64, 5.0)
+
+
+def test_the_both_ways_error_spells_the_inline_flag() -> None:
+    with pytest.raises(InvalidRequestError, match="inline flag --ar"):
+        options_from_args(args("a fox --aspect 16:9", aspect_ratio="1:1"), "tiny")

@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 
-from bot.flags import parse_inline_flags
+from bot.flags import EXAMPLE, FLAG_NAMES, FLAGS, _text, flag_for, parse_inline_flags
 from inference.errors import InvalidRequestError
+from inference.requests import RequestOptions
 
 
 def test_midjourney_style_flags() -> None:
@@ -38,3 +41,22 @@ def test_bad_flags_are_named(text: str, field: str, fragment: str) -> None:
         parse_inline_flags(text)
     assert caught.value.field == field
     assert fragment in str(caught.value)
+
+
+def test_one_table_owns_the_flags() -> None:
+    fields = {f.name for f in dataclasses.fields(RequestOptions)} - {"prompt"}
+    assert {flag.option for flag in FLAGS} == fields  # every option has a flag, and only those
+    names = [name for flag in FLAGS for name in flag.names]
+    assert len(names) == len(set(names)) and tuple(sorted(names)) == FLAG_NAMES
+    for flag in FLAGS:
+        for name in flag.names:
+            value = "1" if flag.convert is not _text else "x"
+            assert parse_inline_flags(f"fox --{name} {value}")[1] == {
+                flag.option: flag.convert(name, value)
+            }
+    assert flag_for("aspect_ratio") == "--ar" and flag_for("count") == "--n"
+
+
+def test_the_example_shown_to_users_parses() -> None:
+    prompt, options = parse_inline_flags(f"a fox {EXAMPLE}")
+    assert prompt == "a fox" and len(options) == EXAMPLE.count("--")

@@ -46,5 +46,6 @@ def test_preview_turns_latents_into_a_small_jpeg() -> None:
     latents[0] = 2.0  # channel 0 is mostly brightness
     image = latents_to_rgb(latents, "sd1")
     assert image.size == (96, 64)
-    assert image.getpixel((0, 0))[0] > 200
+    pixel = image.getpixel((0, 0))
+    assert isinstance(pixel, tuple) and pixel[0] > 200
     assert Image.open(io.BytesIO(encode_preview(image))).format == "JPEG"

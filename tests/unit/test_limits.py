@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import discord
 import pytest
+from discord import app_commands
+from discord.ext import commands
 
+from bot.app import limit_policy, queue_settings
+from bot.cogs.admin import AdminCog
+from bot.cogs.imagine import ImagineCog
 from bot.limits import (
     LimitPolicy,
     QueueLimitReached,
@@ -17,7 +27,12 @@ from bot.limits import (
     RateLimiter,
     format_wait,
 )
-from bot.store import GuildSettings, Store
+from bot.settings import load_settings
+from bot.store import DeliveryTarget, GuildSettings, Store
+from bot.submission import Actor, Submitter
+from inference.fakes import FakeGenerator
+from inference.queue import JobQueue
+from inference.types import GenerationRequest
 
 T0 = 1_700_000_000.0
 USER, OTHER_USER = 11, 12
@@ -49,6 +64,19 @@ async def limiter_for(
 ) -> AsyncIterator[RateLimiter]:
     async with await Store.open(path, clock=clock) as store:
         yield RateLimiter(store, limit_policy, clock)
+
+
+def ledger_images(
+    limiter: RateLimiter, *, user_id: int | None = None, guild_id: int | None = None
+) -> int:
+    """Images in the rate ledger for a user or a guild, read from the file with plain SQL."""
+    with closing(sqlite3.connect(limiter._store.path)) as conn:
+        (total,) = conn.execute(
+            "SELECT COALESCE(SUM(images), 0) FROM rate_events"
+            " WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR guild_id = ?)",
+            (user_id, user_id, guild_id, guild_id),
+        ).fetchone()
+    return int(total)
 
 
 async def allow(
@@ -126,7 +154,7 @@ async def test_allows_n_refuses_next_with_retry_after_then_window_slides(tmp_pat
         await allow(limiter)
         # Now T0+10, T0+20, T0+600 are in the window; the next slot frees at T0+610.
         assert (await refused(limiter)).retry_after_s == pytest.approx(10)
-        assert await limiter._store.rate_images_since(user_id=USER, since=0) == 4  # refusals
+        assert ledger_images(limiter, user_id=USER) == 4  # refusals
         # were not recorded
 
 
@@ -184,7 +212,7 @@ async def test_guild_overrides_take_precedence(tmp_path: Path) -> None:
     clock = FakeClock()
     db = tmp_path / "bot.db"
     async with limiter_for(db, policy(), clock) as limiter:
-        await limiter._store.set_guild_settings(
+        await limiter._store.guilds.set_guild_settings(
             GuildSettings(GUILD, images_per_window=1, window_minutes=1, max_queued=1)
         )
         await allow(limiter)
@@ -206,7 +234,7 @@ async def test_queue_limit(tmp_path: Path) -> None:
         with pytest.raises(QueueLimitReached, match="2 jobs waiting") as info:
             await allow(limiter, queued=2)
         assert info.value.queued == 2
-        assert await limiter._store.rate_images_since(user_id=USER, since=0) == 1
+        assert ledger_images(limiter, user_id=USER) == 1
 
 
 async def test_exempt_users_and_roles_skip_limits(tmp_path: Path) -> None:
@@ -223,7 +251,7 @@ async def test_exempt_users_and_roles_skip_limits(tmp_path: Path) -> None:
             assert await limiter.check_and_record(7, GUILD, [], 1, 10) is None
             assert await limiter.check_and_record(8, GUILD, [400, 500], 1, 10) is None
         # Nothing recorded, so the guild's allowance is untouched...
-        assert await limiter._store.rate_images_since(guild_id=GUILD, since=0) == 0
+        assert ledger_images(limiter, guild_id=GUILD) == 0
         await allow(limiter, user=9)
         # ...and a role the policy does not exempt gets no pass.
         with pytest.raises(RateLimited):
@@ -271,7 +299,7 @@ async def test_concurrent_calls_cannot_exceed_the_cap(tmp_path: Path) -> None:
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert sum(isinstance(r, int) for r in results) == 2  # the guild had 7 - 5 left
-        assert await one._store.rate_images_since(guild_id=GUILD, since=0) == 7
+        assert ledger_images(one, guild_id=GUILD) == 7
 
 
 async def test_prune_keeps_what_a_window_still_needs(tmp_path: Path) -> None:
@@ -280,11 +308,11 @@ async def test_prune_keeps_what_a_window_still_needs(tmp_path: Path) -> None:
         await allow(limiter)  # T0
         clock.advance(1000)
         await allow(limiter)  # T0+1000
-        await limiter._store.set_guild_settings(GuildSettings(GUILD, window_minutes=30))
+        await limiter._store.guilds.set_guild_settings(GuildSettings(GUILD, window_minutes=30))
         assert await limiter.prune() == 0  # the 30-minute override still reaches T0
         clock.advance(900)
         assert await limiter.prune() == 1
-        assert await limiter._store.rate_images_since(user_id=USER, since=0) == 1
+        assert ledger_images(limiter, user_id=USER) == 1
 
 
 async def test_the_refusal_says_what_the_ledger_holds(tmp_path) -> None:
@@ -304,3 +332,107 @@ async def test_the_refusal_says_what_the_ledger_holds(tmp_path) -> None:
         with pytest.raises(RateLimited) as refused:
             await limiter.check_and_record(1, None, (), 1, 0)
         assert "You've reached 20 images per 10 min" in str(refused.value)
+
+
+# ------------------------------------------------------- one owner for the per-member queue cap
+
+
+@asynccontextmanager
+async def bot_pieces(
+    tmp_path: Path, guild_cap: int | None
+) -> AsyncIterator[tuple[Submitter, threading.Event]]:
+    """Store, limiter, queue and submitter wired from settings as bot/app.py wires them; the
+    fake generator holds each job at its first step until the gate opens."""
+    settings = load_settings(None, {"IMAGINE_BOT__STORAGE__DATA_DIR": str(tmp_path)})
+    assert settings.queue.max_queued_per_user == 3  # the bot default in bot/default.toml
+    gate = threading.Event()
+    generator = FakeGenerator(step_gate=gate)
+    async with await Store.open(tmp_path / "bot.db") as store:
+        await store.guilds.set_guild_settings(GuildSettings(GUILD, max_queued=guild_cap))
+        queue = JobQueue(generator, store.jobs, queue_settings(settings))
+        limiter = RateLimiter(store, limit_policy(settings))
+        async with queue:
+            try:
+                yield Submitter(settings, store, queue, limiter, generator, None), gate
+            finally:
+                gate.set()
+
+
+async def submit_as(submitter: Submitter, user: int = USER) -> None:
+    job = GenerationRequest("a fox", "", 64, 64, 1, 7.0, 1, "Euler a", 1, "fake")
+    await submitter.submit(job, Actor(user, GUILD, 5), DeliveryTarget(0, 5))
+
+
+async def test_a_guild_cap_above_the_bot_default_lets_that_many_jobs_in(tmp_path: Path) -> None:
+    async with bot_pieces(tmp_path, guild_cap=5) as (submitter, _):
+        for _ in range(5):  # the 4th was refused by the queue's own cap of 3 before
+            await submit_as(submitter)
+        with pytest.raises(QueueLimitReached, match="the limit is 5"):
+            await submit_as(submitter)
+
+
+async def test_a_guild_cap_below_the_bot_default_and_no_cap_use_the_limiter(
+    tmp_path: Path,
+) -> None:
+    async with bot_pieces(tmp_path, guild_cap=2) as (submitter, _):
+        await submit_as(submitter)
+        await submit_as(submitter)
+        with pytest.raises(QueueLimitReached, match="the limit is 2"):
+            await submit_as(submitter)
+    async with bot_pieces(tmp_path / "default", guild_cap=None) as (submitter, _):
+        for _ in range(3):
+            await submit_as(submitter)
+        with pytest.raises(QueueLimitReached, match="the limit is 3"):
+            await submit_as(submitter)
+
+
+# ------------------------------------------------ slash option bounds come from the settings
+
+
+async def registered_options(env: dict[str, str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The options of /imagine and /imagine-admin limits as the tree sends them to Discord."""
+    client = commands.Bot(command_prefix="!", intents=discord.Intents.none())
+    client.services = SimpleNamespace(settings=load_settings(None, env))  # type: ignore[attr-defined]
+    await client.add_cog(ImagineCog(client))  # type: ignore[arg-type]
+    await client.add_cog(AdminCog(client))  # type: ignore[arg-type]
+    imagine = client.tree.get_command("imagine")
+    group = client.tree.get_command("imagine-admin")
+    assert isinstance(imagine, app_commands.Command) and isinstance(group, app_commands.Group)
+    admin_limits = group.get_command("limits")
+    assert isinstance(admin_limits, app_commands.Command)
+    return {
+        name: {option["name"]: option for option in command.to_dict(client.tree)["options"]}
+        for name, command in (("imagine", imagine), ("limits", admin_limits))
+    }
+
+
+async def test_slash_option_bounds_are_the_configured_limits() -> None:
+    options = await registered_options(
+        {
+            "IMAGINE_BOT__LIMITS__MAX_STEPS": "40",
+            "IMAGINE_BOT__LIMITS__MAX_GUIDANCE": "12.5",
+            "IMAGINE_BOT__LIMITS__MAX_COUNT": "2",
+            "IMAGINE_BOT__LIMITS__MAX_PROMPT_CHARS": "300",
+            "IMAGINE_BOT__QUEUE__MAX_QUEUED": "7",
+        }
+    )
+    imagine = options["imagine"]
+    assert (imagine["steps"]["min_value"], imagine["steps"]["max_value"]) == (1, 40)
+    assert (imagine["guidance"]["min_value"], imagine["guidance"]["max_value"]) == (0, 12.5)
+    assert (imagine["count"]["min_value"], imagine["count"]["max_value"]) == (1, 2)
+    assert imagine["count"]["description"] == "How many images (1-2)"
+    assert (imagine["prompt"]["min_length"], imagine["prompt"]["max_length"]) == (1, 300)
+    assert imagine["seed"]["max_value"] == 2**32 - 1
+    # A member's queue cap can be raised up to the whole queue's size, not beyond.
+    assert (
+        options["limits"]["max_queued"]["min_value"],
+        options["limits"]["max_queued"]["max_value"],
+    ) == (0, 7)
+
+
+async def test_each_bot_gets_its_own_bounds_and_discords_string_cap_holds() -> None:
+    big = await registered_options({"IMAGINE_BOT__LIMITS__MAX_PROMPT_CHARS": "10000"})
+    default = await registered_options({})
+    assert big["imagine"]["prompt"]["max_length"] == 6000  # Discord refuses more
+    assert default["imagine"]["steps"]["max_value"] == 100  # bot/default.toml, untouched
+    assert default["imagine"]["prompt"]["max_length"] == 1500

@@ -1,5 +1,6 @@
 import random
 import unicodedata
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -14,12 +15,12 @@ from inference.requests import (
     size_for_aspect,
 )
 from inference.samplers import find_sampler, sampler_names
-from inference.types import ModelInfo
+from inference.types import GenerationRequest, ModelInfo
 
 SD15 = ModelInfo("sd15", "sd1", "base", "single_file", 512, 25, 7.0, "DPM++ 2M Karras")
 
 
-def resolve(**options: object):
+def resolve(**options: Any) -> GenerationRequest:
     return resolve_request(RequestOptions(**{"prompt": "a fox", **options}), SD15)
 
 
@@ -154,7 +155,7 @@ def test_no_control_character_survives_into_prompt_or_negative(prompt: str, nega
 @pytest.mark.parametrize("field", ["model", "sampler", "aspect_ratio"])
 def test_an_over_long_name_is_refused_without_echoing_it(field: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        RequestOptions("a fox", **{field: "x" * 6000})
+        RequestOptions("a fox", **{field: "x" * 6000})  # type: ignore[arg-type]
     assert caught.value.field == field
     assert "6,000 characters" in str(caught.value) and len(str(caught.value)) < 200
-    RequestOptions("a fox", **{field: "x" * MAX_NAME_CHARS})  # a long but sane name is fine
+    RequestOptions("a fox", **{field: "x" * MAX_NAME_CHARS})  # type: ignore[arg-type]  # a long but sane name is fine

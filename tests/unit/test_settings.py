@@ -1,3 +1,4 @@
+import dataclasses
 import logging
 import re
 import shlex
@@ -6,9 +7,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from bot.__main__ import RedactSecrets, _parser
-from bot.settings import SettingsError, load_settings
+from bot.settings import Settings, SettingsError, load_settings
+from inference.device import RuntimeOptions
+from inference.requests import RequestLimits
+from inference.types import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,23 +48,170 @@ def test_layers_default_then_file_then_environment(tmp_path: Path) -> None:
         ("[inference]\ndefault_model = 'nope'\n", {}, "inference.default_model"),
         ("[[models]]\nname = 'a'\n", {}, "models[0].source: required"),
         ("", {"IMAGINE_BOT__PROGRESS__PREVIEWS": "maybe"}, "progress.previews"),
+        # The forms operators see: the dotted key, then what is wrong and what is allowed.
+        ("[queue]\nmax_queued = 0\n", {}, "queue.max_queued: must be at least 1, not 0"),
+        ("[queue]\nbatching = 1\n", {}, "queue.batching: must be true or false, not 1"),
+        ("[progress]\nedit_interval_s = true\n", {}, "progress.edit_interval_s: must be a number"),
+        (
+            "[inference]\ndtype = 'fp8'\n",
+            {},
+            "inference.dtype: 'fp8' is not one of 'auto', 'float16', 'bfloat16' or 'float32'",
+        ),
+        (
+            "[rate_limits]\nwindw_minutes = 5\n",
+            {},
+            "rate_limits.windw_minutes: unknown setting; known here: exempt_role_ids, "
+            "exempt_user_ids, guild_images_per_window, guild_window_minutes, images_per_window, "
+            "window_minutes",
+        ),
+        ("[queu]\nmax_queued = 1\n", {}, "queu: unknown setting; known here: delivery, discord,"),
+        ("[[models]]\nname = 'a'\nsource = 'b'\nfamliy = 'sd1'\n", {}, "models[0].famliy: unknown"),
+        ("[[models]]\nname = 'a'\nsource = 'b'\nfamily = 'sd9'\n", {}, "models[0].family: 'sd9'"),
+        ("[[models]]\nname = ''\nsource = 'b'\n", {}, "models[0]: name must not be empty"),
+        ("models = []\n", {}, "models: must list at least one [[models]] entry"),
+        (
+            "[[models]]\nname = 'a'\nsource = 'b'\n[[models]]\nname = 'a'\nsource = 'c'\n",
+            {},
+            "models: duplicate name 'a'",
+        ),
+        ("queue = 3\n", {}, "queue: must be a table, not 3"),
+        ("[discord]\nguild_ids = [1, 'x']\n", {}, "discord.guild_ids[1]: 'x' is not a Discord id"),
+        ("[delivery]\nretry_delays_s = [5, -1]\n", {}, "delivery.retry_delays_s[1]: must be at"),
+        ("[storage]\ndatabase = ''\n", {}, "storage.database: must not be empty"),
+        ("", {"IMAGINE_BOT__QUEUE__MAX_QUEUD": "1"}, "queue.max_queud: unknown setting"),
+        ("", {"IMAGINE_BOT__QUEUE__MAX_QUEUED": "'9'"}, "queue.max_queued: must be a whole number"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, text: str, env: dict, fragment: str) -> None:
-    with pytest.raises(SettingsError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SettingsError, match=re.escape(fragment)):
         load_settings(write(tmp_path, text), env)
+
+
+@pytest.mark.parametrize("device", ["cdua", "cuda:x", "cuda:", "CUDA", "gpu", "cuda:1,2", ""])
+def test_a_bad_device_fails_at_load_naming_the_allowed_forms(tmp_path: Path, device: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, f"[inference]\ndevice = '{device}'\n"), {})
+    assert str(caught.value) == (
+        f"inference.device: {device!r} is not a device; "
+        "use auto | cpu | cuda | cuda:N (N = 0, 1, …) | mps"
+    )
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_every_device_form_loads(device: str) -> None:
+    # cuda on a machine without a GPU is refused when inference starts, not here.
+    assert load_settings(None, {"IMAGINE_BOT__INFERENCE__DEVICE": device}).runtime.device == device
+
+
+def test_every_problem_is_one_line_of_one_settings_error_never_a_pydantic_dump(
+    tmp_path: Path,
+) -> None:
+    config = write(tmp_path, "[queue]\nmax_queued = 0\nbatching = 'yes'\n[logging]\nlevel = 1\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config, {})
+    assert not isinstance(caught.value, ValidationError)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert str(caught.value).splitlines() == [
+        "queue.max_queued: must be at least 1, not 0",
+        "queue.batching: must be true or false, not 'yes'",
+        "logging.level: 1 is not one of 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
+    ]
+    assert "pydantic" not in str(caught.value) and "type=" not in str(caught.value)
+
+
+def test_environment_nests_by_double_underscore_and_reads_values_as_toml(tmp_path: Path) -> None:
+    config = write(tmp_path, "[rate_limits]\nimages_per_window = 5\nwindow_minutes = 3.0\n")
+    settings = load_settings(
+        config,
+        {
+            "IMAGINE_BOT__RATE_LIMITS__IMAGES_PER_WINDOW": "7",  # TOML: the number 7
+            "IMAGINE_BOT__RATE_LIMITS__EXEMPT_USER_IDS": "[11, 12]",  # TOML: a list
+            "IMAGINE_BOT__DELIVERY__RETRY_DELAYS_S": "[1, 2.5]",
+            "IMAGINE_BOT__INFERENCE__DEVICE": "cuda:1",  # not TOML: the string as typed
+            "IMAGINE_BOT__LOGGING__LEVEL": "DEBUG",
+            "IMAGINE_BOT__QUEUE__BATCHING": "false",
+            "OTHER__QUEUE__MAX_QUEUED": "0",  # not ours: ignored
+        },
+    )
+    assert settings.rate.images_per_window == 7  # the environment beats the file...
+    assert settings.rate.window_minutes == 3.0  # ...key by key, the rest of the table stays
+    assert settings.rate.exempt_user_ids == frozenset({11, 12})
+    assert settings.delivery.retry_delays_s == (1.0, 2.5)
+    assert settings.runtime.device == "cuda:1" and settings.log_level == "DEBUG"
+    assert settings.queue.batching is False
+
+
+def test_config_file_from_the_environment_and_paths_relative_to_it(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("token-from-relative-file\n")
+    config = write(
+        tmp_path,
+        '[discord]\ntoken_file = "secret"\n[storage]\ndata_dir = "state"\n'
+        'database = "/abs/bot.db"\n[[models]]\nname = "m"\nsource = "m.safetensors"\n'
+        'config = "arch"\n',
+    )
+    settings = load_settings(None, {"IMAGINE_BOT_CONFIG": str(config)})
+    assert settings.data_dir == tmp_path / "state"
+    assert settings.output_dir == tmp_path / "state" / "outputs"
+    assert settings.database == Path("/abs/bot.db")
+    assert settings.models == (
+        ModelSpec(name="m", source=str(tmp_path / "m.safetensors"), config=tmp_path / "arch"),
+    )
+    assert settings.discord.token.get_secret_value() == "token-from-relative-file"
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(None, {})
+    with pytest.raises(ValidationError):
+        settings.queue.max_queued = 5
+    with pytest.raises(ValidationError):
+        settings.models = ()
+
+
+def test_defaults_file_and_schema_list_the_same_keys() -> None:
+    """bot/default.toml is the defaults' only home: the models have no defaults, and each key
+    of one is a key of the other (a drift fails here, and fails every load)."""
+    defaults = tomllib.loads((resources.files("bot") / "default.toml").read_text("utf-8"))
+    sections = {field.alias or name: field for name, field in Settings.model_fields.items()}
+    assert set(sections) == set(defaults)
+    for key, field in sections.items():
+        if key == "models":
+            allowed = {f.name for f in dataclasses.fields(ModelSpec)}
+            assert all(set(entry) <= allowed for entry in defaults["models"])
+            continue
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        schema = {name for name, f in model.model_fields.items()} - {"token"}
+        assert schema == set(defaults[key]), key
+        assert all(f.is_required() for name, f in model.model_fields.items() if name != "token")
+    # The sections handed to inference/ carry exactly those dataclasses' fields.
+    runtime = {f.name for f in dataclasses.fields(RuntimeOptions)}
+    assert set(defaults["inference"]) - {"default_model"} == runtime
+    assert set(defaults["limits"]) <= {f.name for f in dataclasses.fields(RequestLimits)}
 
 
 def test_token_from_env_or_file_never_config_and_never_printed(tmp_path: Path) -> None:
     secret = tmp_path / "token.txt"
     secret.write_text("file-token-123456\n")
     settings = load_settings(None, {"DISCORD_TOKEN_FILE": str(secret)}, require_token=True)
-    assert settings.discord.token == "file-token-123456"
-    assert "file-token" not in repr(settings)
+    assert settings.discord.token.get_secret_value() == "file-token-123456"
+    for shown in (
+        repr(settings),
+        str(settings),
+        repr(settings.discord),
+        settings.model_dump_json(),
+    ):
+        assert "file-token" not in shown
+    from_env = load_settings(None, {"DISCORD_TOKEN": " env-token-123456 "}, require_token=True)
+    assert from_env.discord.token.get_secret_value() == "env-token-123456"
+    assert "env-token" not in repr(from_env)
     with pytest.raises(SettingsError, match="No Discord bot token"):
         load_settings(None, {}, require_token=True)
     with pytest.raises(SettingsError, match=r"discord\.token: unknown setting"):
         load_settings(write(tmp_path, "[discord]\ntoken = 'x'\n"), {})
+    with pytest.raises(SettingsError, match=r"discord\.token: unknown setting in the environment"):
+        load_settings(None, {"IMAGINE_BOT__DISCORD__TOKEN": "x"})
+    with pytest.raises(SettingsError, match=r"DISCORD_TOKEN_FILE: cannot read .*missing"):
+        load_settings(None, {"DISCORD_TOKEN_FILE": str(tmp_path / "missing")})
 
 
 def test_log_filter_redacts_the_token() -> None:

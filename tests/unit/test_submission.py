@@ -43,7 +43,7 @@ class Queue:
 
 def submitter(limiter: Limiter) -> Submitter:
     settings = SimpleNamespace(progress=SimpleNamespace(previews=False))
-    store = SimpleNamespace(create_job=lambda *args, **kwargs: None)
+    store = SimpleNamespace(jobs=SimpleNamespace(create_job=lambda *args, **kwargs: None))
     return Submitter(settings, store, Queue(), limiter, None, None)  # type: ignore[arg-type]
 
 

@@ -33,7 +33,7 @@ class ChangeFeed:
 
     async def wait_for(
         self,
-        predicate: Callable[[], T],
+        predicate: Callable[[], T | None],
         timeout: float,  # noqa: ASYNC109
         describe: Callable[[], str] | None = None,
     ) -> T:

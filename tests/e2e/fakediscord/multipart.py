@@ -67,12 +67,12 @@ async def read_message_body(request: web.Request) -> MessageBody:
 
 async def _read_message_body(request: web.Request) -> MessageBody:
     if not request.content_type.startswith("multipart/"):
-        payload = await read_json(request)
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, dict):
+        body = await read_json(request)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
             raise DiscordHTTPError(400, 50035, "Invalid Form Body")
-        return MessageBody(payload=payload)
+        return MessageBody(payload=body)
 
     payload: dict[str, Any] = {}
     files: dict[int, FilePart] = {}

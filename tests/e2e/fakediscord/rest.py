@@ -165,9 +165,9 @@ class RestApi:
         """Apply ``rule`` to ``request``; every faulted request lands in ``faulted``."""
         request[_FAULT_KEY] = rule.kind
         if rule.kind is FaultKind.FAIL:
-            response = DiscordHTTPError(rule.status, rule.code, rule.message).to_response()
+            refusal = DiscordHTTPError(rule.status, rule.code, rule.message).to_response()
             self._note_fault(rule, self._record(request, rule.status))
-            return response
+            return refusal
         if rule.kind is FaultKind.STALL:
             self._note_fault(rule, self._record(request, 0))
             await rule._stall(request, self.faults.closing)

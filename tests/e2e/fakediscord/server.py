@@ -393,7 +393,7 @@ class FakeDiscord:
 
     async def wait_for(
         self,
-        predicate: Callable[[FakeDiscord], T],
+        predicate: Callable[[FakeDiscord], T | None],
         timeout: float = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> T:
         """The first truthy ``predicate(fake)``, re-evaluated after every state change."""
@@ -739,7 +739,7 @@ def _modal_submission(
             )
         elif "custom_id" in component:  # selects inside labels
             custom_id = component["custom_id"]
-            chosen = values.get(custom_id, [])
+            chosen: Any = values.get(custom_id, [])
             submitted.append(
                 {
                     "type": kind,
