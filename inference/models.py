@@ -341,7 +341,13 @@ def load_pipeline(
         elif plan.info.source_kind == "folder":
             with _quiet_loading():
                 pipe = _load_pretrained(plan, torch_dtype)
-        else:  # hub downloads keep their progress bars: they can take minutes
+        else:  # hub downloads keep their progress bars (stderr): they can take minutes
+            logger.info(
+                "model %r: fetching %s from the Hugging Face hub (the first time this downloads "
+                "the weights, about 2-7 GB, into the hub cache; progress bars follow)",
+                spec.name,
+                plan.location,
+            )
             pipe = _load_pretrained(plan, torch_dtype)
     except InferenceError:
         raise

@@ -295,17 +295,21 @@ def invocations(draw: st.DrawFn, command: RegisteredCommand) -> Invocation:
             else:
                 options["steps"] = draw(st.integers(1, MAX_STEPS))
         elif corruption == "past the limits":
-            options.update(
-                draw(
-                    st.sampled_from(
-                        (
-                            {"steps": draw(st.integers(MAX_STEPS + 1, 150))},
-                            {"model": draw(st.sampled_from(("sd15", "Tiny", "tiny ", "nope")))},
-                            {"seed": 2**32 - 1, "count": draw(st.integers(2, 4))},
-                        )
+            # The steps option is bounded by [limits] in Discord's own client, so too many
+            # steps can only come as an inline flag.
+            beyond = draw(
+                st.sampled_from(
+                    (
+                        {"model": draw(st.sampled_from(("sd15", "Tiny", "tiny ", "nope")))},
+                        {"seed": 2**32 - 1, "count": draw(st.integers(2, 4))},
+                        {},
                     )
                 )
             )
+            options.update(beyond)
+            if not beyond:
+                steps = draw(st.integers(MAX_STEPS + 1, 150))
+                fragments.append(Fragment(f"--steps {steps}"))
         elif corruption == "strange prompt":
             text = draw(strange_prompt)
         elif corruption == "text after flags":

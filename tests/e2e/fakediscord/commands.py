@@ -12,6 +12,7 @@ from .errors import invalid_form_body
 
 _NAME = re.compile(r"^[-_'\w]{1,32}$")
 _SUBCOMMAND_TYPES = (OptionType.SUB_COMMAND, OptionType.SUB_COMMAND_GROUP)
+_OPTION_TYPES = tuple(int(t) for t in OptionType)  # 1..11, ATTACHMENT included
 
 
 @dataclass(eq=False)
@@ -128,6 +129,10 @@ def _check_options(options: list[Any]) -> dict[str, Any]:
                 "_errors": [_err("APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS", name)]
             }
         seen.add(str(name))
+        if option.get("type") not in _OPTION_TYPES:
+            problems["type"] = {
+                "_errors": [_err("BASE_TYPE_CHOICES", f"Value must be one of {_OPTION_TYPES}.")]
+            }
         description = option.get("description")
         if not (isinstance(description, str) and 1 <= len(description) <= 100):
             problems["description"] = {"_errors": [_err("BASE_TYPE_BAD_LENGTH", "1 to 100")]}

@@ -9,7 +9,7 @@ from typing import Any
 from .changes import ChangeFeed
 from .commands import RegisteredCommand
 from .constants import CallbackType, InteractionType
-from .models import MessageRecord, User
+from .models import Attachment, MessageRecord, User
 from .util import Clock
 
 DEFAULT_WAIT = 5.0
@@ -40,6 +40,8 @@ class InteractionHandle:
     command: RegisteredCommand | None = None
     source_message: MessageRecord | None = None
     payload: dict[str, Any] = field(default_factory=dict, repr=False)
+    # files the user attached to the command's ATTACHMENT options (in data.resolved)
+    attachments: list[Attachment] = field(default_factory=list, repr=False)
     callback_type: int | None = None
     callback_data: dict[str, Any] | None = field(default=None, repr=False)
     acknowledged_at: float | None = None

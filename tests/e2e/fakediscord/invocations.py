@@ -119,7 +119,7 @@ class InvocationBuilder:
 
         def resolve(option_type: int, raw: Any) -> tuple[Any, Resolved]:
             if option_type == OptionType.ATTACHMENT:
-                attachment = raw if isinstance(raw, Attachment) else self._upload(raw)
+                attachment = raw if isinstance(raw, Attachment) else self._upload(raw, channel)
                 return str(attachment.id), {
                     "attachments": {str(attachment.id): attachment.to_payload()}
                 }
@@ -157,12 +157,18 @@ class InvocationBuilder:
 
         return resolve
 
-    def _upload(self, raw: Any) -> Attachment:
+    def _upload(self, raw: Any, channel: Channel) -> Attachment:
+        """Store a file the user attaches to the command, in the channel it is invoked in."""
         if isinstance(raw, Upload):
-            return self.state.store_attachment(raw.filename, raw.content, raw.content_type)
+            return self.state.store_attachment(
+                channel.id, raw.filename, raw.content, raw.content_type, size=raw.size
+            )
         if isinstance(raw, tuple) and len(raw) == 2:
-            return self.state.store_attachment(str(raw[0]), bytes(raw[1]))
-        raise ValueError(f"an attachment option takes an Upload or (filename, bytes), not {raw!r}")
+            return self.state.store_attachment(channel.id, str(raw[0]), bytes(raw[1]))
+        raise ValueError(
+            f"an attachment option takes fake.attachment(...) (an Upload), an Attachment or "
+            f"(filename, bytes), not {raw!r}"
+        )
 
     def _user(self, raw: Any) -> User:
         if isinstance(raw, User):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import struct
 from dataclasses import dataclass, field
@@ -213,11 +214,15 @@ class Guild:
 
 @dataclass(frozen=True)
 class Upload:
-    """A file a simulated user attaches to a command option (option type 11)."""
+    """A file a simulated user attaches to a command option (option type 11); see
+    ``FakeDiscord.attachment``. It is stored (and gets its id and CDN URL) when the command is
+    invoked, in the invocation's channel. ``size``: the size Discord reports, when a test wants
+    it to differ from ``len(content)`` (the CDN still serves ``content``)."""
 
     filename: str
     content: bytes
     content_type: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,10 +234,14 @@ class Attachment:
     url: str
     description: str | None = None
     ephemeral: bool = False
+    channel_id: int | None = None
+    width: int | None = None  # images only (what Pillow reads), as Discord reports them
+    height: int | None = None
+    declared_size: int | None = None  # reported instead of len(content) when set
 
     @property
     def size(self) -> int:
-        return len(self.content)
+        return len(self.content) if self.declared_size is None else self.declared_size
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -248,9 +257,8 @@ class Attachment:
             payload["description"] = self.description
         if self.ephemeral:
             payload["ephemeral"] = True
-        dimensions = png_dimensions(self.content)
-        if dimensions is not None:
-            payload["width"], payload["height"] = dimensions
+        if self.width is not None and self.height is not None:
+            payload["width"], payload["height"] = self.width, self.height
         return payload
 
 
@@ -273,6 +281,22 @@ def png_dimensions(content: bytes) -> tuple[int, int] | None:
         return None
     width, height = struct.unpack(">II", content[16:24])
     return width, height
+
+
+def image_dimensions(content: bytes) -> tuple[int, int] | None:
+    """(width, height) when Pillow can decode ``content`` as an image, else None (Discord
+    omits both for files that are not images)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a project dependency
+        return png_dimensions(content)
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()
+            width, height = image.size
+    except Exception:  # anything Pillow cannot decode is "not an image"
+        return None
+    return int(width), int(height)
 
 
 @dataclass(frozen=True)

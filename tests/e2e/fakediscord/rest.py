@@ -27,6 +27,8 @@ RouteSpec = tuple[str, str, Handler]  # (method, path under /api/v10, handler)
 # Routes authenticated by the token in their path: they carry no Authorization header.
 _TOKEN_ROUTES = re.compile(rf"^{API_PREFIX}/(interactions/\d+/[^/]+/callback|webhooks/\d+/[^/]+)")
 _PUBLIC_ROUTES = re.compile(rf"^{API_PREFIX}/gateway$")
+# The attachment "CDN" (``routes_meta.AttachmentRoutes``): outside the API, but faults apply.
+CDN_PATH = re.compile(r"^/(ephemeral-)?attachments/\d+/\d+/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -147,16 +149,19 @@ class RestApi:
                 expected = f"Bot {self.state.settings.token}"
                 if request.headers.get("Authorization") != expected:
                     raise unauthorized()
-            rule = await self.faults.match(request)
-            if rule is not None:
-                return await self._inject(rule, request, handler)
-            return await self._handle(request, handler)
-        return await handler(request)
+        elif not CDN_PATH.match(path):
+            return await handler(request)
+        # the API and the CDN: fault rules apply (rate limits only to the API, in _handle)
+        rule = await self.faults.match(request)
+        if rule is not None:
+            return await self._inject(rule, request, handler)
+        return await self._handle(request, handler)
 
     async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        limited = self._rate_limit(request)
-        if limited is not None:
-            return limited
+        if request.path.startswith(API_PREFIX + "/"):
+            limited = self._rate_limit(request)
+            if limited is not None:
+                return limited
         return await handler(request)
 
     async def _inject(

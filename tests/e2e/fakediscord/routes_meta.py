@@ -97,19 +97,30 @@ class MetaRoutes:
 
 
 class AttachmentRoutes:
-    """The "CDN": attachment URLs point here (``/attachments/{id}/{filename}``)."""
+    """The "CDN": attachment URLs point here, shaped like Discord's
+    (``/attachments/{channel_id}/{attachment_id}/{filename}``, ``/ephemeral-attachments/...``
+    for ephemeral ones). No token needed; a wrong channel, id, name or prefix is a 404. The
+    requests are logged in ``fake.requests`` and fault rules apply to them (``rest.py``)."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
     def install(self, app: web.Application) -> None:
-        app.router.add_get("/attachments/{attachment_id}/{filename}", self.get_attachment)
+        for prefix in ("attachments", "ephemeral-attachments"):
+            app.router.add_get(
+                f"/{prefix}/{{channel_id}}/{{attachment_id}}/{{filename}}", self.get_attachment
+            )
 
     async def get_attachment(self, request: web.Request) -> web.Response:
-        attachment = self.state.attachments.get(
-            snowflake_or_none(request.match_info["attachment_id"]) or 0
-        )
-        if attachment is None or attachment.filename != request.match_info["filename"]:
+        info = request.match_info
+        attachment = self.state.attachments.get(snowflake_or_none(info["attachment_id"]) or 0)
+        ephemeral = request.path.startswith("/ephemeral-")
+        if (
+            attachment is None
+            or attachment.filename != info["filename"]
+            or attachment.channel_id != snowflake_or_none(info["channel_id"])
+            or attachment.ephemeral != ephemeral
+        ):
             return web.Response(status=404, text="Not Found")
         headers = {"Content-Type": attachment.content_type or "application/octet-stream"}
         return web.Response(body=attachment.content, headers=headers)

@@ -29,6 +29,7 @@ from .models import (
     MessageRecord,
     PermissionOverwrite,
     Role,
+    Upload,
     User,
     parse_emoji,
 )
@@ -260,6 +261,7 @@ class FakeDiscord:
 
         ``name`` may name a subcommand: ``"admin queue clear"``. Options are checked against
         the registered command (types, choices, required) and sent typed as Discord does.
+        An ATTACHMENT option takes ``fake.attachment(...)`` (see there).
         """
         user_obj, channel_obj = _user(user or self.user), channel or self.channel
         command, path = self._find_command(name, channel_obj)
@@ -275,8 +277,34 @@ class FakeDiscord:
             locale=locale,
             attachment_size_limit=attachment_size_limit,
         )
+        interaction.attachments = [
+            self.state.attachments[int(key)] for key in resolved.get("attachments", {})
+        ]
         self._dispatch_interaction(interaction)
         return interaction
+
+    @staticmethod
+    def attachment(
+        filename: str,
+        content: bytes,
+        *,
+        content_type: str | None = None,
+        size: int | None = None,
+    ) -> Upload:
+        """A file for an ATTACHMENT option of ``invoke_slash``, as a user uploads it:
+        ``fake.invoke_slash("imagine", {"image": fake.attachment("in.png", data)})``.
+
+        When invoked it is stored in the invocation's channel (``interaction.attachments``)
+        and sent as Discord does: the option's value is its id, ``data.resolved.attachments``
+        has id, filename, size, url/proxy_url, content_type (guessed when None), width and
+        height (when Pillow decodes it) and ``ephemeral: true``. The URL serves ``content``
+        from the fake's CDN route (``GET /ephemeral-attachments/{channel}/{id}/{filename}``,
+        subject to ``fail_requests``/``stall_requests``/``drop_requests``). ``size`` reports
+        another size than ``len(content)`` (a file declared too big).
+        """
+        if size is not None and size < 0:
+            raise ValueError("size must be >= 0")
+        return Upload(filename, bytes(content), content_type, size)
 
     async def invoke_autocomplete(
         self,
@@ -483,7 +511,8 @@ class FakeDiscord:
         """Answer the next ``count`` requests matching ``method`` and ``path`` (a regex searched
         in the URL path; None matches any) with ``status`` and Discord's JSON error body
         ``{"message", "code"}``; the request has no effect. ``count=None``: every one, until
-        ``rule.stop()`` or ``clear_faults()``.
+        ``rule.stop()`` or ``clear_faults()``. Fault rules take REST requests and attachment
+        downloads from the CDN (paths ``/attachments/...``, ``/ephemeral-attachments/...``).
 
         ``predicate(body)`` (a ``MessageBody``: JSON payload and uploaded files, see
         ``faults.uploads_matching``) and ``with_files`` (only requests that upload a file)

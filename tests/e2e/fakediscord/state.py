@@ -43,6 +43,7 @@ from .models import (
     User,
     emoji_payload,
     guess_content_type,
+    image_dimensions,
 )
 from .multipart import MessageBody
 from .util import Clock, SnowflakeFactory
@@ -472,7 +473,7 @@ class ServerState:
         if listed is None:
             kept = [] if creating else list(message.attachments)
             return kept + [
-                self._store_upload(p.filename, p.content, None, ephemeral)
+                self._store_upload(message.channel_id, p.filename, p.content, None, ephemeral)
                 for _, p in sorted(body.files.items())
             ]
         result: list[Attachment] = []
@@ -486,7 +487,13 @@ class ServerState:
                 part = body.files[attachment_id]
                 filename = entry.get("filename") or part.filename
                 result.append(
-                    self._store_upload(filename, part.content, entry.get("description"), ephemeral)
+                    self._store_upload(
+                        message.channel_id,
+                        filename,
+                        part.content,
+                        entry.get("description"),
+                        ephemeral,
+                    )
                 )
             elif attachment_id in existing:
                 result.append(existing[attachment_id])
@@ -496,35 +503,52 @@ class ServerState:
 
     def _store_upload(
         self,
+        channel_id: int,
         filename: str,
         content: bytes,
         description: str | None,
         ephemeral: bool,
         content_type: str | None = None,
+        declared_size: int | None = None,
     ) -> Attachment:
+        """Keep a file and give it a CDN URL shaped like Discord's:
+        ``/attachments/{channel}/{id}/{name}``, ``/ephemeral-attachments/...`` if ephemeral."""
         attachment_id = self.next_id()
+        prefix = "ephemeral-attachments" if ephemeral else "attachments"
+        dimensions = image_dimensions(content)
         attachment = Attachment(
             id=attachment_id,
             filename=filename,
             content=content,
             content_type=content_type or guess_content_type(filename, content),
-            url=f"{self.base_url}/attachments/{attachment_id}/{quote(filename)}",
+            url=f"{self.base_url}/{prefix}/{channel_id}/{attachment_id}/{quote(filename)}",
             description=description,
             ephemeral=ephemeral,
+            channel_id=channel_id,
+            width=None if dimensions is None else dimensions[0],
+            height=None if dimensions is None else dimensions[1],
+            declared_size=declared_size,
         )
         self.attachments[attachment.id] = attachment
         return attachment
 
     def store_attachment(
         self,
+        channel_id: int,
         filename: str,
         content: bytes,
         content_type: str | None = None,
         *,
+        size: int | None = None,
         ephemeral: bool = True,
     ) -> Attachment:
-        """An attachment a user uploads into a command option."""
-        return self._store_upload(filename, content, None, ephemeral, content_type)
+        """An attachment a user uploads into a command option in channel ``channel_id``
+        (``size``: the size to report, when not ``len(content)``)."""
+        if size is not None and size < 0:
+            raise ValueError("size must be >= 0")
+        return self._store_upload(
+            channel_id, filename, content, None, ephemeral, content_type, size
+        )
 
     # --- reactions --------------------------------------------------------------------------
 
