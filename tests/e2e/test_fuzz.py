@@ -297,7 +297,7 @@ def invocations(draw: st.DrawFn, command: RegisteredCommand) -> Invocation:
         elif corruption == "past the limits":
             # The steps option is bounded by [limits] in Discord's own client, so too many
             # steps can only come as an inline flag.
-            beyond = draw(
+            beyond: dict[str, Any] = draw(
                 st.sampled_from(
                     (
                         {"model": draw(st.sampled_from(("sd15", "Tiny", "tiny ", "nope")))},
