@@ -165,3 +165,25 @@ async def test_gateway_authentication_failed_4004_says_reset_the_token(
     stderr = bot.log_text().split("=====\n", 1)[1]
     assert fake.token not in stderr
     assert_one_line_error(returncode, stderr, "Discord rejected the bot token", "Reset Token")
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [("cuda:7", "inference.device is 'cuda:7'"), ("cdua", "inference.device: 'cdua'")],
+)
+def test_a_device_this_machine_lacks_stops_the_start_in_one_line(
+    tiny_model: TinyModel, tmp_path: Path, device: str, says: str
+) -> None:
+    """Checked before Discord is contacted: the config's Discord address is a closed port."""
+    if device.startswith("cuda") and torch_sees_cuda_devices() > 7:
+        pytest.skip("this machine has a cuda:7")
+    config = write_config(tmp_path, tiny_model, tmp_path / "data", f"127.0.0.1:{closed_port()}")
+    config.write_text(config.read_text() + f'\n[inference]\ndevice = "{device}"\n')
+    result = run(config)
+    assert_one_line_error(result.returncode, result.stderr, says)
+
+
+def torch_sees_cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
