@@ -28,7 +28,15 @@ if __package__ in (None, ""):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import append_row, commit, device, full_size_sd15_single_file, print_table, today
+from bench.common import (
+    append_row,
+    commit,
+    device,
+    full_size_sd15_single_file,
+    print_table,
+    tiny_single_file_spec,
+    today,
+)
 from inference.device import DTypeName, RuntimeOptions, choose_placement, cpu_has_native_bf16
 from inference.generator import DiffusersGenerator
 from inference.types import GenerationRequest, ModelSpec
@@ -58,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.arch == "tiny":
-            from inference.testing import save_tiny_model
-
-            tiny = save_tiny_model(Path(scratch), "sd1")
-            spec = ModelSpec("m", str(tiny.single_file), config=tiny.folder)
+            spec = tiny_single_file_spec(Path(scratch), "m")
         else:
             spec = ModelSpec("m", str(full_size_sd15_single_file()))
         generators = {

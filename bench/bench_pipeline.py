@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import append_row, commit, device, print_table, today
+from bench.common import append_row, commit, device, print_table, tiny_single_file_spec, today
 from inference.device import RuntimeOptions
 from inference.generator import DiffusersGenerator
 from inference.types import GenerationRequest, ModelFamily, ModelSpec
@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.arch == "tiny":
-            from inference.testing import save_tiny_model
-
-            tiny = save_tiny_model(Path(scratch), "sd1")
-            spec = ModelSpec("tiny", str(tiny.single_file), config=tiny.folder)
+            spec = tiny_single_file_spec(Path(scratch), "tiny")
         else:
             spec = random_full_size_model(args.arch, Path(scratch))
         options = RuntimeOptions(compile=args.compile)

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from inference.types import ModelSpec
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -202,3 +204,11 @@ def full_size_sd15_single_file(seed: int = 0) -> Path:
     export_single_file(pipe, partial, family="sd1", title=f"random SD 1.5 (seed {seed})")
     partial.replace(path)
     return path
+
+
+def tiny_single_file_spec(directory: Path, name: str) -> ModelSpec:
+    """The tiny random SD 1.x model saved under `directory`, as a single-file ModelSpec."""
+    from inference.testing import save_tiny_model
+
+    tiny = save_tiny_model(directory, "sd1")
+    return ModelSpec(name, str(tiny.single_file), config=tiny.folder)
