@@ -36,7 +36,7 @@ def pad_for_zoom_out(
         raise ValueError("feather must be >= 0 and multiple >= 1")
     rgb = image.convert("RGB")
     width, height = rgb.size
-    canvas_w, canvas_h = _round_up(width * factor, multiple), _round_up(height * factor, multiple)
+    canvas_w, canvas_h = zoom_out_size(width, height, factor, multiple)
     left, top = (canvas_w - width) // 2, (canvas_h - height) // 2
 
     # Inpainting starts from the canvas (noised, not replaced, at strength < 1), so the border
@@ -55,6 +55,11 @@ def pad_for_zoom_out(
     mask = np.full((canvas_h, canvas_w), 255, dtype=np.uint8)
     mask[top : top + height, left : left + width] = _edge_ramp(width, height, feather)
     return canvas, Image.fromarray(mask)
+
+
+def zoom_out_size(width: int, height: int, factor: float, multiple: int = 8) -> tuple[int, int]:
+    """The canvas size of `pad_for_zoom_out`: each side `factor` times, rounded up."""
+    return _round_up(width * factor, multiple), _round_up(height * factor, multiple)
 
 
 def upscale_size(width: int, height: int, scale: float, multiple: int = 8) -> tuple[int, int]:

@@ -50,6 +50,14 @@ class JobOutcome:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """The image a job started from: image `image_index` (0-based) of job `job_id`."""
+
+    job_id: int
+    image_index: int
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: int
     owner: Owner
@@ -61,6 +69,7 @@ class JobRecord:
     error: str | None = None
     outcome: JobOutcome | None = None
     delivered: bool = False
+    parent: Lineage | None = None  # set for upscales, variations and zoom-outs of a result
 
 
 class JobJournal(Protocol):

@@ -13,9 +13,10 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from inference.canvas import MAX_ZOOM, upscale_size, zoom_out_size
 from inference.errors import InvalidRequestError
 from inference.samplers import find_sampler
-from inference.types import GenerationRequest, ModelInfo
+from inference.types import GenerationRequest, ImageSource, ModelInfo
 
 MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit; keeps seeds portable between tools
 PROMPT_TOKEN_LIMIT = 75  # CLIP reads 77 tokens, two of which are start/end markers
@@ -23,6 +24,7 @@ ASPECT_CHOICES = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
 # Model, sampler and aspect names are short; an error quotes what was typed, so a longer one
 # is refused by its length alone. 100 is also Discord's cap on an autocomplete choice's name.
 MAX_NAME_CHARS = 100
+MAX_UPSCALE = 4.0
 
 # Characters that show nothing: controls, format characters (zero-width space/joiners, word
 # joiner, BOM, bidi marks), separators, plus blank letters and variation selectors. Not "Cn":
@@ -63,6 +65,7 @@ class RequestOptions:
     sampler: str | None = None
     count: int | None = None
     model: str | None = None
+    source: ImageSource | None = None  # start from this picture (img2img, upscale, zoom out)
 
     def __post_init__(self) -> None:
         for field, value in (
@@ -168,13 +171,18 @@ def resolve_request(
                     f"Shorten it by about {tokens - PROMPT_TOKEN_LIMIT} tokens (words)",
                 )
 
-    if options.aspect_ratio and (options.width or options.height):
-        raise InvalidRequestError("aspect_ratio", "give either an aspect ratio or width/height")
-    if options.aspect_ratio:
-        width, height = size_for_aspect(options.aspect_ratio, model.native_size)
+    if options.source is not None:
+        width, height = _size_from_source(options, limits)
     else:
-        width = options.width or model.native_size
-        height = options.height or model.native_size
+        if options.aspect_ratio and (options.width or options.height):
+            raise InvalidRequestError(
+                "aspect_ratio", "give either an aspect ratio or width/height"
+            )
+        if options.aspect_ratio:
+            width, height = size_for_aspect(options.aspect_ratio, model.native_size)
+        else:
+            width = options.width or model.native_size
+            height = options.height or model.native_size
     _check_side("width", width, limits)
     _check_side("height", height, limits)
     if width * height > limits.max_pixels:
@@ -202,6 +210,9 @@ def resolve_request(
         if not 0 <= seed <= MAX_SEED - (count - 1):
             raise InvalidRequestError("seed", f"{seed} is outside 0–{MAX_SEED - (count - 1)}")
 
+    if options.source is not None:
+        _check_strength(options.source, steps)
+
     sampler = find_sampler(options.sampler or model.default_sampler).name
     return GenerationRequest(
         prompt=prompt,
@@ -214,4 +225,58 @@ def resolve_request(
         sampler=sampler,
         count=count,
         model=model.name,
+        source=options.source,
     )
+
+
+def _size_from_source(options: RequestOptions, limits: RequestLimits) -> tuple[int, int]:
+    """The result's size: the picture's own, upscaled, or the zoomed-out canvas. A picture
+    sets the size, so a size option alongside it is an error rather than silently ignored."""
+    source = options.source
+    assert source is not None
+    if options.aspect_ratio or options.width or options.height:
+        raise InvalidRequestError(
+            "aspect_ratio" if options.aspect_ratio else "size",
+            "the picture sets the size; leave the size and aspect options out",
+        )
+    if source.width < 8 or source.height < 8:
+        raise InvalidRequestError(
+            "image", f"{source.width}x{source.height} is too small; at least 8x8 pixels"
+        )
+    if source.operation == "img2img":
+        return source.width, source.height
+    if source.operation == "upscale":
+        if not (math.isfinite(source.scale) and 1 < source.scale <= MAX_UPSCALE):
+            raise InvalidRequestError(
+                "scale", f"must be more than 1 and at most {MAX_UPSCALE:g}, not {source.scale:g}"
+            )
+        size = upscale_size(source.width, source.height, source.scale)
+        verb = f"upscaled ×{source.scale:g}"
+    else:
+        if not (math.isfinite(source.scale) and 1 < source.scale <= MAX_ZOOM):
+            raise InvalidRequestError(
+                "zoom", f"must be more than 1 and at most {MAX_ZOOM:g}, not {source.scale:g}"
+            )
+        size = zoom_out_size(source.width, source.height, source.scale)
+        verb = f"zoomed out ×{source.scale:g}"
+    width, height = size
+    if width * height > limits.max_pixels or max(size) > limits.max_side:
+        raise InvalidRequestError(
+            "size",
+            f"{source.width}x{source.height} {verb} would be {width}x{height}; this server "
+            f"allows at most {limits.max_pixels:,} pixels and {limits.max_side} per side",
+        )
+    return size
+
+
+def _check_strength(source: ImageSource, steps: int) -> None:
+    strength = source.strength
+    if not (math.isfinite(strength) and 0 < strength <= 1):
+        raise InvalidRequestError("strength", f"{strength:g} is outside 0–1 (0 excluded)")
+    if steps * strength < 1:
+        # img2img runs steps × strength of the schedule: below one step it would do nothing.
+        raise InvalidRequestError(
+            "strength",
+            f"{strength:g} with {steps} steps runs no denoising step; "
+            f"use at least {math.ceil(1 / strength)} steps or a higher strength",
+        )

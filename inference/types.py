@@ -11,6 +11,7 @@ ModelFamily = Literal["sd1", "sd2", "sdxl"]
 ModelVariant = Literal["base", "turbo", "lcm"]
 PredictionType = Literal["epsilon", "v_prediction"]
 SourceKind = Literal["folder", "single_file", "hub"]
+ImageOperation = Literal["img2img", "upscale", "zoom_out"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,34 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ImageSource:
+    """The picture an image-based request starts from, and what to do with it.
+
+    - "img2img": denoise the picture at `strength` (variations, remix, image prompts);
+    - "upscale": resize it `scale` times (Lanczos, or the configured `upscaler` model), then
+      an img2img pass at `strength` (A1111's hires fix);
+    - "zoom_out": pad the canvas `scale` times and inpaint the border (strength 1).
+
+    `path` is a PNG on disk the worker reads when the job runs (a parent job's image, or a
+    user's attachment saved by the bot), so a queued job survives a restart like any other.
+    `width` and `height` are the picture's own size.
+    """
+
+    path: str
+    width: int
+    height: int
+    operation: ImageOperation = "img2img"
+    strength: float = 0.6
+    scale: float = 1.0
+    upscaler: str | None = None  # None: Lanczos
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """A complete, validated request: every option resolved to a value."""
+    """A complete, validated request: every option resolved to a value.
+
+    With a `source`, the request works from a picture; width and height are then the size of
+    the result (the upscaled or zoomed-out canvas)."""
 
     prompt: str
     negative_prompt: str
@@ -59,6 +86,11 @@ class GenerationRequest:
     sampler: str
     count: int
     model: str
+    source: ImageSource | None = None
+
+    @property
+    def operation(self) -> str:
+        return "txt2img" if self.source is None else self.source.operation
 
     def seeds(self) -> tuple[int, ...]:
         """Image i uses seed + i, so any image of a grid can be reproduced alone."""
@@ -66,7 +98,15 @@ class GenerationRequest:
 
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batched pipeline call."""
-        return (self.model, self.width, self.height, self.steps, self.sampler, self.guidance)
+        return (
+            self.model,
+            self.width,
+            self.height,
+            self.steps,
+            self.sampler,
+            self.guidance,
+            self.source,  # one picture and operation per pipeline call
+        )
 
 
 @dataclass(frozen=True)
