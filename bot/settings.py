@@ -52,7 +52,7 @@ from pydantic_settings import (
 from inference.checkpoints import locate_source
 from inference.device import DTypeName, RuntimeOptions
 from inference.requests import RequestLimits
-from inference.types import ModelSpec
+from inference.types import ModelSpec, UpscalerSpec
 
 ENV_PREFIX = "IMAGINE_BOT__"
 TOKEN_HELP = (
@@ -205,6 +205,38 @@ class DeliveryConfig(_Section):
     shutdown_grace_s: StrictFloat = Field(ge=0)  # on SIGTERM, time for uploads in flight
 
 
+class ImagesConfig(_Section):
+    """[images]: working from a picture (the buttons under a result, /imagine's image)."""
+
+    image_strength: StrictFloat = Field(gt=0, le=1)  # /imagine with an image, by default
+    vary_subtle_strength: StrictFloat = Field(gt=0, le=1)
+    vary_strong_strength: StrictFloat = Field(gt=0, le=1)
+    upscale_factor: StrictFloat = Field(gt=1, le=4)
+    upscale_strength: StrictFloat = Field(gt=0, le=1)
+    upscaler: StrictStr  # an [[upscalers]] name; empty: Lanczos
+    zoom_out_factor: StrictFloat = Field(gt=1, le=4)
+    max_attachment_bytes: StrictInt = Field(ge=1024)
+
+
+def _upscaler_entry(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        for key in ("name", "source"):
+            if isinstance(value.get(key), str) and not value[key].strip():
+                raise ValueError(f"{key} must not be empty")
+    return value
+
+
+def _locate_upscaler(spec: UpscalerSpec) -> UpscalerSpec:
+    path = Path(spec.source).expanduser()
+    return dataclasses.replace(spec, source=str(_from_base(path)))
+
+
+# An [[upscalers]] entry is an inference.types.UpscalerSpec: name and source (a local file).
+UpscalerEntry = Annotated[
+    UpscalerSpec, BeforeValidator(_upscaler_entry), AfterValidator(_locate_upscaler)
+]
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -246,6 +278,8 @@ class Settings(BaseSettings):
     rate: RateConfig = Field(alias="rate_limits")
     progress: ProgressConfig
     delivery: DeliveryConfig
+    images: ImagesConfig
+    upscalers: tuple[UpscalerEntry, ...]
     logging: LoggingConfig
 
     @field_validator("models")
@@ -266,6 +300,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"inference.default_model: {self.default_model!r} is not among the configured "
                 f"models ({', '.join(names)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _upscalers_are_distinct_and_known(self) -> Settings:
+        names = [u.name for u in self.upscalers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"upscalers: duplicate name {duplicates[0]!r}")
+        if self.images.upscaler and self.images.upscaler not in names:
+            known = ", ".join(names) or "none configured"
+            raise ValueError(
+                f"images.upscaler: {self.images.upscaler!r} is not an [[upscalers]] name "
+                f"({known}); empty means Lanczos"
             )
         return self
 
@@ -323,6 +371,14 @@ class Settings(BaseSettings):
 
     def model_specs(self) -> dict[str, ModelSpec]:
         return {spec.name: spec for spec in self.models}
+
+    def upscaler_specs(self) -> dict[str, UpscalerSpec]:
+        return {spec.name: spec for spec in self.upscalers}
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Where pictures users attach are kept (normalised PNGs), for their queued jobs."""
+        return self.data_dir / "inputs"
 
 
 # --- where values come from -----------------------------------------------------------------

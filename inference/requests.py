@@ -175,9 +175,7 @@ def resolve_request(
         width, height = _size_from_source(options, limits)
     else:
         if options.aspect_ratio and (options.width or options.height):
-            raise InvalidRequestError(
-                "aspect_ratio", "give either an aspect ratio or width/height"
-            )
+            raise InvalidRequestError("aspect_ratio", "give either an aspect ratio or width/height")
         if options.aspect_ratio:
             width, height = size_for_aspect(options.aspect_ratio, model.native_size)
         else:

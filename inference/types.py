@@ -33,6 +33,16 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class UpscalerSpec:
+    """An upscaler model ([[upscalers]]): an ESRGAN-family `.safetensors` file that spandrel
+    loads. Its own scale (×2, ×4) is read from the file; the result is resized to the asked
+    size with Lanczos."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What is known about a model without loading its weights."""
 

@@ -167,6 +167,21 @@ def test_settings_are_frozen() -> None:
         settings.models = ()
 
 
+def test_upscalers_are_named_files_and_images_upscaler_must_name_one(tmp_path: Path) -> None:
+    config = tmp_path / "bot.toml"
+    config.write_text(
+        '[[upscalers]]\nname = "x2"\nsource = "up/x2.safetensors"\n[images]\nupscaler = "x2"\n'
+    )
+    settings = load_settings(config, {})
+    assert settings.upscaler_specs()["x2"].source == str(tmp_path / "up" / "x2.safetensors")
+    config.write_text('[images]\nupscaler = "x4"\n')
+    with pytest.raises(SettingsError, match=r"images.upscaler: 'x4' is not an \[\[upscalers\]\]"):
+        load_settings(config, {})
+    config.write_text("[images]\nupscale_strength = 0\n")
+    with pytest.raises(SettingsError, match=r"images\.upscale_strength"):
+        load_settings(config, {})
+
+
 def test_defaults_file_and_schema_list_the_same_keys() -> None:
     """bot/default.toml is the defaults' only home: the models have no defaults, and each key
     of one is a key of the other (a drift fails here, and fails every load)."""
@@ -177,6 +192,9 @@ def test_defaults_file_and_schema_list_the_same_keys() -> None:
         if key == "models":
             allowed = {f.name for f in dataclasses.fields(ModelSpec)}
             assert all(set(entry) <= allowed for entry in defaults["models"])
+            continue
+        if key == "upscalers":
+            assert defaults["upscalers"] == []  # none by default: Lanczos
             continue
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
