@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.delivery import DISCORD_FAILURES, REROLL, describe_failure
+from bot.delivery import DISCORD_FAILURES, describe_failure
 from bot.errors import EXPECTED_ERRORS, NotAllowed, user_message
 from bot.store import DeliveryTarget
 from bot.submission import Actor
+from bot.views import REROLL, ImageAction, RemixModal
 from inference.errors import InferenceError
-from inference.jobs import JobRecord
+from inference.jobs import JobRecord, Lineage
 from inference.types import GenerationRequest
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Actions:
         self.bot = bot
         self.services = bot.services
         self._reroll_debounce = Debouncer(REROLL_DEBOUNCE_S)
+        self._image_debounce = Debouncer(REROLL_DEBOUNCE_S)
 
     def is_moderator(self, member: discord.abc.User | None) -> bool:
         return is_moderator(member, self.services.settings.discord.moderator_role_ids)
@@ -91,6 +93,7 @@ class Actions:
         request: GenerationRequest,
         *,
         rerolled_from: int | None = None,
+        parent: Lineage | None = None,
     ) -> int | None:
         """Queue the job, acknowledge, and follow the job in the deferred message.
 
@@ -108,7 +111,7 @@ class Actions:
         )
         try:
             handle = await self.services.submitter.submit(
-                request, actor_of(interaction), target, rerolled_from=rerolled_from
+                request, actor_of(interaction), target, rerolled_from=rerolled_from, parent=parent
             )
         except EXPECTED_ERRORS as error:
             await self.bot.reply_ephemeral(interaction, user_message(error))
@@ -155,7 +158,7 @@ class Actions:
         except EXPECTED_ERRORS as error:
             await self.bot.reply_ephemeral(interaction, user_message(error))
             return
-        await self.start(interaction, request, rerolled_from=record.id)
+        await self.start(interaction, request, rerolled_from=record.id, parent=record.parent)
 
     async def reroll_from_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         if not self._reroll_debounce.allow(payload.user_id, payload.message_id):
@@ -178,7 +181,9 @@ class Actions:
         target = DeliveryTarget(0, payload.channel_id)
         try:
             request = await submitter.prepare_reroll(record.request, actor)
-            handle = await submitter.submit(request, actor, target, rerolled_from=record.id)
+            handle = await submitter.submit(
+                request, actor, target, rerolled_from=record.id, parent=record.parent
+            )
         except EXPECTED_ERRORS as error:
             # No interaction, so no ephemeral reply; a public post would let anyone make the
             # bot spam the channel. The refusal is the reaction taken back.
@@ -190,6 +195,79 @@ class Actions:
             replace(target, job_id=handle.job_id),
             note=f"🔄 re-roll of job {record.id} for <@{actor.user_id}>",
         )
+
+    # --- from an image: upscale, vary, remix, zoom out ------------------------------------------
+    # Each press is the presser's own new job from image `index` of the result, checked and
+    # charged like any /imagine (as a re-roll is), and it remembers where it came from.
+
+    async def from_image_button(
+        self, interaction: discord.Interaction, action: ImageAction, index: int
+    ) -> None:
+        message_id = interaction.message.id if interaction.message else 0
+        record = await self._job_of_message(message_id)
+        if record is None or record.outcome is None:
+            await self.bot.reply_ephemeral(interaction, "⚠️ I don't know this image any more.")
+            return
+        if action == "remix":
+            # The form answers the interaction; the job starts when it is submitted.
+            settings = self.services.settings
+            await interaction.response.send_modal(
+                RemixModal(
+                    self.bot,
+                    record.id,
+                    index,
+                    record.request.prompt,
+                    record.request.negative_prompt,
+                    settings.limits.max_prompt_chars,
+                )
+            )
+            return
+        if not self._image_debounce.allow(interaction.user.id, hash((message_id, action, index))):
+            await self.bot.reply_ephemeral(
+                interaction, "⏳ You just asked for this; wait a few seconds."
+            )
+            return
+        await self._start_from_image(interaction, record, index, action)
+
+    async def remix_submitted(
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        index: int,
+        prompt: str,
+        negative_prompt: str,
+    ) -> None:
+        record = await self.services.store.jobs.get_job(job_id)
+        if record is None or record.outcome is None:
+            await self.bot.reply_ephemeral(interaction, "⚠️ I don't know this image any more.")
+            return
+        await self._start_from_image(
+            interaction, record, index, "remix", prompt=prompt, negative_prompt=negative_prompt
+        )
+
+    async def _start_from_image(
+        self,
+        interaction: discord.Interaction,
+        record: JobRecord,
+        index: int,
+        action: ImageAction,
+        *,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+    ) -> None:
+        try:
+            request = await self.services.submitter.prepare_from_image(
+                record,
+                index,
+                action,
+                actor_of(interaction),
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+            )
+        except EXPECTED_ERRORS as error:
+            await self.bot.reply_ephemeral(interaction, user_message(error))
+            return
+        await self.start(interaction, request, parent=Lineage(record.id, index))
 
     async def _take_back_reaction(
         self, payload: discord.RawReactionActionEvent, emoji: str

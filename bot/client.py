@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -15,13 +16,14 @@ from bot.cogs.admin import AdminCog
 from bot.cogs.history import HistoryCog
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.reactions import ReactionsCog
-from bot.delivery import Deliverer, DeliveryPolicy, ResultView
+from bot.delivery import Deliverer, DeliveryPolicy
 from bot.errors import user_message
 from bot.limits import RateLimiter
 from bot.render import clip
 from bot.settings import Settings
 from bot.store import Store
 from bot.submission import Submitter
+from bot.views import ImageActionButton, ResultView
 from inference.queue import JobQueue
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class ImagineBot(commands.Bot):
         for cog in (ImagineCog(self), ReactionsCog(self), HistoryCog(self), AdminCog(self)):
             await self.add_cog(cog)
         self.add_view(ResultView(self))  # persistent buttons survive restarts
+        self.add_dynamic_items(ImageActionButton)
         self.tree.error(self.on_app_command_error)  # the tree's documented hook
         await self._sync_commands()
         await self.delivery.resume_after_restart()
@@ -115,6 +118,13 @@ class ImagineBot(commands.Bot):
     async def reply_ephemeral(interaction: discord.Interaction, text: str) -> None:
         text = clip(text)  # an over-long reply would be refused: the user gets nothing
         try:
+            if (
+                interaction.response.type
+                is discord.InteractionResponseType.deferred_channel_message
+            ):
+                # A public "thinking…" would stay forever: the refusal replaces it, privately.
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.delete_original_response()
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
             else:

@@ -36,6 +36,7 @@ import discord
 from bot import render
 from bot.errors import user_message
 from bot.store import DeliveryTarget, Store
+from bot.views import DELETE, REROLL, ResultView
 from inference.errors import GenerationCancelled, InferenceError
 from inference.images import FittedImage, fit_to_limit
 from inference.jobs import JobRecord, JobState
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REROLL = "🔄"
-DELETE = "❌"
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # unboosted guilds
 QUEUED_REFRESH_S = 10.0  # how often a waiting job's position/ETA is re-shown
 PROGRESS_EDIT_TIMEOUT_S = 15.0  # a stalled progress edit is skipped, not waited for
@@ -107,25 +106,6 @@ def result_nonce(instance_id: str, job_id: int) -> str:
     # same result returns the first message instead of a second one. The database's own id
     # keeps job 5 of a wiped database from matching the old job 5.
     return f"{instance_id}-{job_id}"[:24]  # one character left for a suffix
-
-
-class ResultView(discord.ui.View):
-    """Re-roll and delete buttons. Fixed custom ids + bot.add_view keep them working after a
-    restart; the job is looked up by the message id, so the buttons carry no state."""
-
-    def __init__(self, bot: ImagineBot | None = None) -> None:
-        super().__init__(timeout=None)
-        self.bot = bot
-
-    @discord.ui.button(emoji=REROLL, label="Re-roll", custom_id="imagine:reroll")
-    async def reroll(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
-        assert self.bot is not None
-        await self.bot.actions.reroll_from_button(interaction)
-
-    @discord.ui.button(emoji=DELETE, label="Delete", custom_id="imagine:delete")
-    async def delete(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
-        assert self.bot is not None
-        await self.bot.actions.delete_from_button(interaction)
 
 
 class Deliverer:
@@ -437,7 +417,13 @@ class Deliverer:
             if edit:
                 return {"content": content, "attachments": [], "embed": None, "view": None}
             return {"content": content}
-        view = ResultView(self.bot)
+        images = self.bot.services.settings.images
+        view = ResultView(
+            self.bot,
+            len(final.images),
+            upscale_factor=images.upscale_factor,
+            zoom_factor=images.zoom_out_factor,
+        )
         if edit:
             return {"content": mention, "embed": final.embed, "attachments": files, "view": view}
         return {

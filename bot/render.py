@@ -6,7 +6,7 @@ import math
 
 import discord
 
-from inference.jobs import JobRecord, JobState
+from inference.jobs import JobRecord, JobState, Lineage
 from inference.types import GenerationRequest, Progress
 
 EMBED_COLOUR = 0x5865F2
@@ -87,6 +87,13 @@ def result_embed(
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     embed.add_field(name="Steps", value=f"{request.steps} · {request.sampler}")
     embed.add_field(name="CFG", value=f"{request.guidance:g}")
+    operation = operation_text(request)
+    if operation is not None and request.source is not None:
+        strength = request.source.strength
+        embed.add_field(
+            name="From image",
+            value=operation if strength == 1 else f"{operation} · strength {strength:g}",
+        )
     embed.add_field(
         name="Time", value=format_duration(elapsed_s) if elapsed_s >= 1 else f"{elapsed_s:.2f} s"
     )
@@ -95,6 +102,34 @@ def result_embed(
         footer = " · ".join(notes) + " · " + footer
     embed.set_footer(text=clip(footer, 2048))
     return embed
+
+
+def operation_text(request: GenerationRequest) -> str | None:
+    """What a job did to its picture ("upscale ×2", "zoom out ×1.5", "variation"); None for
+    a job from a prompt alone."""
+    source = request.source
+    if source is None:
+        return None
+    if source.operation == "upscale":
+        return f"upscale ×{source.scale:g}"
+    if source.operation == "zoom_out":
+        return f"zoom out ×{source.scale:g}"
+    return "variation"
+
+
+def lineage_text(request: GenerationRequest, parent: Lineage | None) -> str | None:
+    """Where a job's picture came from, for /history and result embeds: "upscale ×2 of job
+    41, image 2", "variation of job 41, image 1", "from an uploaded image"; None for a job
+    from a prompt alone. Images count from 1 here, as people count them."""
+    operation = operation_text(request)
+    if operation is None:
+        return None
+    if parent is not None:
+        return f"{operation} of job {parent.job_id}, image {parent.image_index + 1}"
+    # No parent: the user's own attachment (or a parent job since deleted).
+    if request.operation == "img2img":
+        return "from an uploaded image"
+    return f"{operation} of an uploaded image"
 
 
 def history_line(record: JobRecord, link: str | None) -> str:
@@ -109,7 +144,9 @@ def history_line(record: JobRecord, link: str | None) -> str:
     # Failure reasons are written for users (InferenceError texts, delivery give-ups).
     failed = record.state is JobState.FAILED and record.error
     why = f" — {clip(record.error or '', 160)}" if failed else ""
+    lineage = lineage_text(record.request, record.parent)
+    origin = f" · ⤴ {lineage}" if lineage else ""
     return (
         f"{states[record.state]} **{record.id}** `{clip(record.request.prompt, 80)}` "
-        f"seed {record.request.seed}{where}{why}"
+        f"seed {record.request.seed}{origin}{where}{why}"
     )

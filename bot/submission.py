@@ -10,21 +10,23 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import re
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
-from bot.errors import BlockedWord, ChannelNotAllowed
+from bot.errors import BlockedWord, ChannelNotAllowed, NotFound
 from bot.limits import RateLimiter
 from bot.settings import Settings
 from bot.store import DeliveryTarget, Store
-from inference.errors import StorageUnavailableError
-from inference.jobs import Owner
+from inference.errors import InvalidRequestError, StorageUnavailableError
+from inference.jobs import JobRecord, Lineage, Owner
 from inference.queue import JobHandle, JobQueue
 from inference.requests import RequestOptions, TokenCounter, resolve_request
-from inference.types import GenerationRequest, ModelInfo
+from inference.types import GenerationRequest, ImageSource, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +95,83 @@ class Submitter:
     async def prepare_reroll(self, request: GenerationRequest, actor: Actor) -> GenerationRequest:
         """A re-roll is the re-roller's own new job: the same options, a new seed, checked
         against today's limits, channel rules and blocklist like any /imagine."""
+        # A re-roll of a variation (or upscale, or zoom out) is another one from the same
+        # picture: the picture sets the size.
         options = RequestOptions(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
-            width=request.width,
-            height=request.height,
+            width=request.width if request.source is None else None,
+            height=request.height if request.source is None else None,
             steps=request.steps,
             guidance=request.guidance,
             sampler=request.sampler,
             count=request.count,
             model=request.model,
+            source=request.source,
+        )
+        return await self.prepare(options, actor)
+
+    async def prepare_from_image(
+        self,
+        record: JobRecord,
+        index: int,
+        action: str,
+        actor: Actor,
+        *,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+    ) -> GenerationRequest:
+        """The request behind a button under a result: `action` ("upscale", "subtle",
+        "strong", "remix" or "zoom") on image `index` of `record`, with the job's prompt (or
+        the remixed one), checked like any /imagine. Upscale and zoom out keep the image's
+        seed (the same picture, bigger or wider); variations draw a new one."""
+        images = record.outcome.images if record.outcome else ()
+        if not 0 <= index < len(images):
+            raise NotFound("that image is not part of this result any more.")
+        image = images[index]
+        if not await asyncio.to_thread(Path(image.path).is_file):
+            raise NotFound("this image's file is gone from the bot's disk; it can't be reused.")
+        config = self.settings.images
+        request = record.request
+        if action == "upscale":
+            source = ImageSource(
+                image.path,
+                image.width,
+                image.height,
+                "upscale",
+                config.upscale_strength,
+                config.upscale_factor,
+                config.upscaler or None,
+            )
+            seed, count = image.seed, 1
+        elif action == "zoom":
+            source = ImageSource(
+                image.path, image.width, image.height, "zoom_out", 1.0, config.zoom_out_factor
+            )
+            seed, count = image.seed, 1
+        elif action in ("subtle", "strong", "remix"):
+            strength = (
+                config.vary_subtle_strength if action == "subtle" else config.vary_strong_strength
+            )
+            source = ImageSource(image.path, image.width, image.height, "img2img", strength)
+            seed, count = None, request.count  # one image, or a set like the job's
+        else:
+            raise InvalidRequestError("action", f"{action!r} is not an action on an image")
+        # img2img runs steps × strength steps: enough steps that a low strength still runs
+        # at least one, within the operator's cap.
+        steps = min(
+            max(request.steps, math.ceil(1 / source.strength)), self.settings.limits.max_steps
+        )
+        options = RequestOptions(
+            prompt=request.prompt if prompt is None else prompt,
+            negative_prompt=request.negative_prompt if negative_prompt is None else negative_prompt,
+            steps=steps,
+            guidance=request.guidance,
+            seed=seed,
+            sampler=request.sampler,
+            count=count,
+            model=request.model,
+            source=source,
         )
         return await self.prepare(options, actor)
 
@@ -113,6 +182,7 @@ class Submitter:
         target: DeliveryTarget,
         *,
         rerolled_from: int | None = None,
+        parent: Lineage | None = None,
     ) -> JobHandle:
         """Count the images against the limits, then queue; refund if the queue refuses.
 
@@ -123,7 +193,7 @@ class Submitter:
         # current, so a burst (🔄 toggled 30 times) is refused by the queue cap before it is
         # charged, and the rate ledger never holds charges that are refunded a moment later.
         async with self._user_locks.hold(actor.user_id):
-            return await self._submit(request, actor, target, rerolled_from)
+            return await self._submit(request, actor, target, rerolled_from, parent)
 
     async def _submit(
         self,
@@ -131,6 +201,7 @@ class Submitter:
         actor: Actor,
         target: DeliveryTarget,
         rerolled_from: int | None,
+        parent: Lineage | None,
     ) -> JobHandle:
         queued_now = self.queue.count_of(actor.user_id)
         try:
@@ -144,6 +215,7 @@ class Submitter:
             target=target,
             rate_event_id=event,
             rerolled_from=rerolled_from,
+            parent=parent,
         )
         try:
             return await self.queue.submit(

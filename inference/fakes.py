@@ -1,7 +1,9 @@
 """A fast stand-in ImageGenerator for queue load tests and benchmarks (no diffusers).
 
 It honours the same contract as DiffusersGenerator: per-step progress, cancellation between
-steps, seed + i per image, one result per request. Images are flat colours from the seed.
+steps, seed + i per image, one result per request. Images are flat colours from the seed, at
+the request's size: for a request with a source picture that is the result's size (upscaled,
+zoomed out), and the metadata carries its denoising strength; the picture itself is not read.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -24,8 +24,20 @@ from inference.device import (
     is_out_of_memory,
     prepare_pipeline,
 )
-from inference.errors import GenerationCancelled, GenerationFailedError, UnknownModelError
+from inference.errors import (
+    GenerationCancelled,
+    GenerationFailedError,
+    ModelError,
+    UnknownModelError,
+)
 from inference.images import encode_png, make_grid, parameters_text
+from inference.operations import (
+    TILING_PIXELS,
+    PreparedSource,
+    overlay_kept,
+    prepare_source,
+    vae_tiling,
+)
 from inference.preview import encode_preview, latents_to_rgb
 from inference.samplers import make_scheduler
 from inference.types import (
@@ -37,6 +49,7 @@ from inference.types import (
     ModelSpec,
     Progress,
     ProgressCallback,
+    UpscalerSpec,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,6 +60,9 @@ class _Loaded:
     pipe: Any
     info: ModelInfo
     scheduler_config: Any  # the model's own, kept because samplers replace pipe.scheduler
+    # Image-to-image and inpainting pipelines made from `pipe` with from_pipe: the same
+    # weights, no copy. Held only here, so evicting the model drops them too.
+    derived: dict[str, Any] = field(default_factory=dict)
 
 
 class _StepWatcher:
@@ -84,7 +100,8 @@ class _StepWatcher:
             if len(self.cancelled) == len(self.requests):
                 raise GenerationCancelled()  # diffusers has no cancel API: raising from
                 # callback_on_step_end is what stops the call
-        total = len(pipe.scheduler.timesteps)
+        # img2img runs only the last steps × strength of the schedule: the pipeline's own count.
+        total = getattr(pipe, "num_timesteps", None) or len(pipe.scheduler.timesteps)
         previews = self._previews(kwargs.get("latents"), step + 1, total)
         if self.on_progress is not None:
             for i in self.first_image:
@@ -135,11 +152,19 @@ def _release_frames(error: BaseException, *, stop_at: BaseException | None) -> N
 class DiffusersGenerator:
     """The ImageGenerator that runs real diffusers pipelines."""
 
-    def __init__(self, models: Mapping[str, ModelSpec], options: RuntimeOptions) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelSpec],
+        options: RuntimeOptions,
+        upscalers: Mapping[str, UpscalerSpec] | None = None,
+    ) -> None:
         if not models:
             raise ValueError("at least one model must be configured")
         self.models = dict(models)
         self.options = options
+        self.upscalers = dict(upscalers or {})
+        self._upscaler: Any = None  # the last used upscaler model (LoadedUpscaler), kept
+        self.tiling_pixels = TILING_PIXELS  # results larger than this decode with VAE tiling
         self._infos: dict[str, ModelInfo] = {}
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # least recently used first
         self._placement: Placement | None = None
@@ -242,7 +267,9 @@ class DiffusersGenerator:
             return []
         first = requests[0]
         if any(r.batch_key() != first.batch_key() for r in requests):
-            raise ValueError("a batch must share model, size, steps, sampler and guidance")
+            raise ValueError(
+                "a batch must share model, size, steps, sampler, guidance and source picture"
+            )
         loaded = self.load(first.model)
         started = time.monotonic()
         owners = [i for i, r in enumerate(requests) for _ in range(r.count)]
@@ -290,11 +317,13 @@ class DiffusersGenerator:
         import torch
 
         first = requests[0]
-        pipe = loaded.pipe
+        prepared = None if first.source is None else prepare_source(first, self._upscale)
+        pipe = loaded.pipe if prepared is None else self._derived(loaded, prepared.task)
         seeds = [seed for r in requests for seed in r.seeds()]
         prompts = [r.prompt for r in requests for _ in range(r.count)]
         negatives = [r.negative_prompt for r in requests for _ in range(r.count)]
         chunks = [[i] for i in range(len(seeds))] if split else [list(range(len(seeds)))]
+        large = first.width * first.height > self.tiling_pixels
         images: list[Image.Image] = []
         for chunk in chunks:
             # Fresh scheduler per call: schedulers keep per-run state (step index, history).
@@ -304,21 +333,58 @@ class DiffusersGenerator:
             # CPU generators: the same seed gives the same noise on every device.
             generators = [torch.Generator("cpu").manual_seed(seeds[i]) for i in chunk]
             watcher.begin_call([watcher.owners[i] for i in chunk])
-            with torch.inference_mode():
+            arguments = _source_arguments(prepared, len(chunk), first.width, first.height)
+            with vae_tiling(pipe.vae, large and prepared is not None), torch.inference_mode():
                 output = pipe(
                     prompt=[prompts[i] for i in chunk],
                     negative_prompt=[negatives[i] for i in chunk],
-                    width=first.width,
-                    height=first.height,
                     num_inference_steps=first.steps,
                     guidance_scale=first.guidance,
                     generator=generators,
                     callback_on_step_end=watcher,
                     callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
+                    **arguments,
                 )
-            images.extend(output.images)
+            if prepared is not None:
+                images.extend(overlay_kept(image, prepared) for image in output.images)
+            else:
+                images.extend(output.images)
         return images
+
+    def _derived(self, loaded: _Loaded, task: str) -> Any:
+        """The image-to-image or inpainting pipeline sharing `loaded`'s weights (built once)."""
+        if task not in loaded.derived:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForImage2Image if task == "img2img" else AutoPipelineForInpainting
+            # With a 4-channel (text-to-image) UNet the inpainting pipeline keeps the unmasked
+            # region by blending the picture's noised latents back in at every step.
+            derived = auto.from_pipe(loaded.pipe)
+            derived.set_progress_bar_config(**getattr(loaded.pipe, "_progress_bar_config", {}))
+            loaded.derived[task] = derived
+        return loaded.derived[task]
+
+    def _upscale(self, image: Image.Image, name: str) -> Image.Image:
+        """`image` through the configured upscaler model `name` (its own factor)."""
+        from inference.upscalers import load_upscaler, upscale_image
+
+        if name not in self.upscalers:
+            known = ", ".join(sorted(self.upscalers)) or "none configured"
+            raise ModelError(f"upscaler: unknown upscaler {name!r}; available: {known}")
+        if self._upscaler is None or self._upscaler.name != name:
+            self._upscaler = None  # one upscaler resident at a time: drop before loading
+            started = time.monotonic()
+            self._upscaler = load_upscaler(
+                self.upscalers[name], self.placement.device, self.placement.dtype
+            )
+            logger.info(
+                "loaded upscaler %s (×%d) in %.1f s",
+                name,
+                self._upscaler.scale,
+                time.monotonic() - started,
+            )
+        return upscale_image(self._upscaler, image)
 
     @staticmethod
     def _results(
@@ -350,3 +416,16 @@ class DiffusersGenerator:
                 grid = encode_png(sheet, parameters_text(request, request.seed, sheet.size))
             results.append(GenerationResult(request, generated, grid, elapsed, notes))
         return results
+
+
+def _source_arguments(
+    prepared: PreparedSource | None, count: int, width: int, height: int
+) -> dict[str, Any]:
+    """The pipeline call's arguments that depend on the operation. One starting image per
+    generated image: with a list of generators diffusers encodes image i with generator i."""
+    if prepared is None:
+        return {"width": width, "height": height}
+    arguments: dict[str, Any] = {"image": [prepared.image] * count, "strength": prepared.strength}
+    if prepared.task == "inpaint":
+        arguments |= {"mask_image": [prepared.mask] * count, "width": width, "height": height}
+    return arguments

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from inference.operations import effective_strength
 from inference.types import GenerationRequest
 
 GENERATOR_NAME = "imagine-bot"
@@ -26,17 +28,31 @@ def parameters_text(
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    settings = {
+    settings: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
         "CFG scale": f"{request.guidance:g}",
         "Seed": seed,
         "Size": f"{width}x{height}",
         "Model": request.model,
-        "Version": GENERATOR_NAME,
     }
+    source = request.source
+    if source is not None:
+        # A1111's keys for img2img and the hires fix, which its readers (and ours) parse back.
+        settings["Denoising strength"] = f"{effective_strength(source):g}"
+        if source.operation == "upscale":
+            settings["Hires upscale"] = f"{source.scale:g}"
+            settings["Hires upscaler"] = _quote(source.upscaler or "Lanczos")
+        elif source.operation == "zoom_out":
+            settings["Zoom out"] = f"{source.scale:g}"
+    settings["Version"] = GENERATOR_NAME
     lines.append(", ".join(f"{key}: {value}" for key, value in settings.items()))
     return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    """A value as A1111 writes it: JSON-quoted if it holds a comma, colon or newline."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
 
 
 def encode_png(image: Image.Image, parameters: str | None, *, compress_level: int = 6) -> bytes:

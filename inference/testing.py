@@ -298,3 +298,84 @@ def write_fake_checkpoint(
             f.write(np.asarray(vals, dtype="<f2" if dtype == "F16" else "<f4").tobytes())
         f.truncate(8 + len(raw) + offset)
     return path
+
+
+# --- upscaler models -------------------------------------------------------------------------
+
+
+def import_spandrel_for_tests() -> Any:
+    """spandrel, imported even where torchvision cannot be (the CPU-only torch of CI).
+
+    spandrel imports torchvision at start-up only for two architectures' helpers (LaMa's
+    rotate, RestoreFormer's normalize); ESRGAN never calls them. Where `import torchvision`
+    fails, stand-ins for those three names are visible during spandrel's import alone and
+    removed right after, so nothing else (transformers checks for torchvision) sees them.
+    Raises ImportError if spandrel itself is not installed.
+    """
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("spandrel")
+    except ImportError as error:
+        if not str(getattr(error, "name", "")).startswith("torchvision"):
+            raise
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("torchvision is not installed")
+
+    class InterpolationMode:
+        BILINEAR = "bilinear"
+
+    package = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.__dict__.update(
+        InterpolationMode=InterpolationMode, rotate=unavailable, normalize=unavailable
+    )
+    package.__dict__["transforms"] = transforms
+    transforms.__dict__["functional"] = functional
+    stubs = {m.__name__: m for m in (package, transforms, functional)}
+    sys.modules.update(stubs)
+    try:
+        return importlib.import_module("spandrel")
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)
+
+
+def save_tiny_upscaler(path: Path, *, scale: int = 2, seed: int = 0) -> Path:
+    """A random-weight ESRGAN (RRDBNet, 8 features, 1 block) as `.safetensors`, in the classic
+    ESRGAN key layout that spandrel recognises; ×`scale` (2 or 4). A few thousand weights."""
+    from safetensors.torch import save_file
+
+    if scale not in (2, 4):
+        raise ValueError("scale must be 2 or 4")
+    generator = torch.Generator().manual_seed(seed)
+    features, growth, blocks = 8, 4, 1
+    tensors: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, inputs: int, outputs: int) -> None:
+        weight = torch.randn(outputs, inputs, 3, 3, generator=generator) * 0.1
+        tensors[f"{name}.weight"] = weight
+        tensors[f"{name}.bias"] = torch.zeros(outputs)
+
+    conv("model.0", 3, features)
+    for block in range(blocks):
+        for rdb in (1, 2, 3):
+            for i in range(1, 6):
+                outputs = features if i == 5 else growth
+                conv(f"model.1.sub.{block}.RDB{rdb}.conv{i}.0", features + (i - 1) * growth, outputs)
+    conv(f"model.1.sub.{blocks}", features, features)
+    # Each ×2 is an upsample, a conv and an activation: model.3, model.6, ...
+    index = 3
+    for _ in range(scale.bit_length() - 1):
+        conv(f"model.{index}", features, features)
+        index += 3
+    conv(f"model.{index - 1}", features, features)  # the HR conv
+    conv(f"model.{index + 1}", features, 3)  # the last conv, after an activation
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path

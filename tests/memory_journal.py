@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from inference.jobs import JobOutcome, JobRecord, JobState, Owner
+from inference.jobs import JobOutcome, JobRecord, JobState, Lineage, Owner
 from inference.types import GenerationRequest
 
 
@@ -18,9 +18,14 @@ class MemoryJournal:
         self._ids = itertools.count(1)
         self.transitions: list[tuple[int, JobState]] = []
 
-    async def create_job(self, owner: Owner, request: GenerationRequest) -> int:
+    async def create_job(
+        self, owner: Owner, request: GenerationRequest, *, parent: Lineage | None = None
+    ) -> int:
+        """As the store's: `parent` is kept on the record, as the store keeps it."""
         job_id = next(self._ids)
-        self.jobs[job_id] = JobRecord(job_id, owner, request, JobState.QUEUED, time.time())
+        self.jobs[job_id] = JobRecord(
+            job_id, owner, request, JobState.QUEUED, time.time(), parent=parent
+        )
         return job_id
 
     def _move(self, job_id: int, state: JobState, **changes: Any) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -10,11 +13,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import actor_of
+from bot.attachments import forget, image_source_from
+from bot.delivery import DISCORD_FAILURES
 from bot.errors import EXPECTED_ERRORS, user_message
 from bot.flags import EXAMPLE, flag_for, parse_inline_flags
 from inference.errors import InvalidRequestError
 from inference.requests import ASPECT_CHOICES, MAX_SEED, RequestOptions
 from inference.samplers import sampler_names
+from inference.types import ImageSource
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -32,6 +38,9 @@ _OPTION_OF = {
     "count": "count",
 }
 DISCORD_MAX_OPTION_CHARS = 6000  # Discord's cap on a string option's max_length
+# An attachment still downloading after this long is downloaded after acknowledging, so the
+# interaction never misses Discord's 3 s.
+ACK_BUDGET_S = 2.0
 
 
 def configure_option(
@@ -75,6 +84,8 @@ class ImagineCog(commands.Cog):
         sampler="Sampling method",
         model="Which model to use",
         count="How many images",  # the bound is added from settings in __init__
+        image="Start from this picture (PNG, JPEG or WebP)",
+        strength="With an image: how much to change it (0.05 a little - 1 all of it)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECT_CHOICES],
@@ -92,6 +103,8 @@ class ImagineCog(commands.Cog):
         sampler: str | None = None,
         model: str | None = None,
         count: int | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
         """Generate an image from a text prompt"""
         given = {
@@ -113,13 +126,47 @@ class ImagineCog(commands.Cog):
                         option, f"given both as the `{option}` option and as `{flag}`; keep one"
                     )
             merged = {k: v for k, v in given.items() if v is not None} | inline
+            if strength is not None and image is None:
+                raise InvalidRequestError(
+                    "strength", "works only with an image; attach one with the `image` option"
+                )
             options = RequestOptions(prompt=text, **merged)
-            request = await self.bot.services.submitter.prepare(options, actor_of(interaction))
         except EXPECTED_ERRORS as error:
             # Bad input is answered before deferring: instantly, and only to the user.
             await interaction.response.send_message(user_message(error), ephemeral=True)
             return
-        await self.bot.actions.start(interaction, request)
+        source = None
+        try:
+            if image is not None:
+                settings = self.bot.services.settings
+                source = await self._within_deadline(
+                    interaction,
+                    image_source_from(image, settings, strength or settings.images.image_strength),
+                )
+                options = dataclasses.replace(options, source=source)
+            request = await self.bot.services.submitter.prepare(options, actor_of(interaction))
+        except EXPECTED_ERRORS as error:
+            forget(source, self.bot.services.settings)
+            await self.bot.reply_ephemeral(interaction, user_message(error))
+            return
+        if await self.bot.actions.start(interaction, request) is None:
+            forget(source, self.bot.services.settings)
+
+    @staticmethod
+    async def _within_deadline(
+        interaction: discord.Interaction, work: Coroutine[Any, Any, ImageSource]
+    ) -> ImageSource:
+        """`work`'s result; if it takes longer than ACK_BUDGET_S, the interaction is deferred
+        meanwhile (a refusal then replaces the "thinking" message, see reply_ephemeral)."""
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=ACK_BUDGET_S)
+            if not done:
+                with contextlib.suppress(*DISCORD_FAILURES):
+                    await interaction.response.defer(thinking=True)
+            return await task
+        finally:
+            task.cancel()  # only when we were cancelled ourselves: a done task ignores it
 
     @imagine.autocomplete("model")
     async def model_autocomplete(

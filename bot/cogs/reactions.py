@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.delivery import DELETE, REROLL
+from bot.views import DELETE, REROLL
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot

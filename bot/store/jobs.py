@@ -1,4 +1,5 @@
-"""Jobs and their images: the queue's journal, history, delivery targets, re-roll lineage.
+"""Jobs and their images: the queue's journal, history, delivery targets, lineage (the job a
+re-roll re-rolled, the result image an upscale, variation or zoom-out started from).
 
 Tables `jobs` and `job_images`. Job states move only along `TRANSITIONS`; anything else raises
 `InvalidTransition` and changes nothing. Cancels race with the worker, so they get their own
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.store.database import Database, StoreError
-from inference.jobs import JobOutcome, JobRecord, JobState, Owner, StoredImage
-from inference.types import GenerationRequest
+from inference.jobs import JobOutcome, JobRecord, JobState, Lineage, Owner, StoredImage
+from inference.types import GenerationRequest, ImageSource
 
 #: target state -> states it may be entered from. The single source of truth for the SQL below.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -89,7 +90,8 @@ class DeliveryTarget:
 _JOB_COLUMNS = (
     "id, user_id, guild_id, state, prompt, negative_prompt, width, height, steps, guidance,"
     " seed, sampler, count, model, created_at, started_at, finished_at, error, elapsed_s,"
-    " notes, grid_path, delivered_at"
+    " notes, grid_path, delivered_at, source_path, source_width, source_height, operation,"
+    " strength, scale, upscaler, parent_job_id, parent_image_idx"
 )
 _SELECT_JOBS = "SELECT " + _JOB_COLUMNS + " FROM jobs "
 
@@ -115,19 +117,25 @@ class Jobs:
         target: DeliveryTarget | None = None,
         rate_event_id: int | None = None,
         rerolled_from: int | None = None,
+        parent: Lineage | None = None,
     ) -> int:
         """Record a queued job and return its id.
 
         `target` (where the result goes) is recorded in the same statement, before the job
-        can run: a job never exists without somewhere to deliver it. Its job_id is ignored."""
+        can run: a job never exists without somewhere to deliver it. Its job_id is ignored.
+        `request.source` is stored with it, so the queue can rebuild the job after a restart;
+        `parent` is the result image it was made from (its job must exist, and a job with a
+        parent must have a source: sqlite3.IntegrityError otherwise)."""
+        source = request.source
         async with self._db.locked():
             rows = await self._db.rows(
                 "INSERT INTO jobs (user_id, guild_id, channel_id, state, prompt,"
                 " negative_prompt, width, height, steps, guidance, seed, sampler, count, model,"
                 " created_at, rerolled_from, message_id, interaction_token, application_id,"
-                " token_expires_at, rate_event_id)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " RETURNING id",
+                " token_expires_at, rate_event_id, source_path, source_width, source_height,"
+                " operation, strength, scale, upscaler, parent_job_id, parent_image_idx)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     owner.user_id,
                     owner.guild_id,
@@ -149,6 +157,15 @@ class Jobs:
                     target and target.application_id,
                     target and target.token_expires_at,
                     rate_event_id,
+                    source and source.path,
+                    source and source.width,
+                    source and source.height,
+                    source and source.operation,
+                    source and float(source.strength),
+                    source and float(source.scale),
+                    source and source.upscaler,
+                    parent and parent.job_id,
+                    parent and parent.image_index,
                 ),
             )
             return int(rows[0][0])
@@ -472,6 +489,7 @@ def _record(row: sqlite3.Row, images: list[StoredImage] | None) -> JobRecord:
             sampler=row["sampler"],
             count=row["count"],
             model=row["model"],
+            source=_source(row),
         ),
         state=state,
         created_at=row["created_at"],
@@ -480,4 +498,27 @@ def _record(row: sqlite3.Row, images: list[StoredImage] | None) -> JobRecord:
         error=row["error"],
         outcome=outcome,
         delivered=row["delivered_at"] is not None,
+        parent=_parent(row),
     )
+
+
+def _source(row: sqlite3.Row) -> ImageSource | None:
+    # The schema keeps a source whole or absent (migration 0004), so one column decides.
+    if row["source_path"] is None:
+        return None
+    return ImageSource(
+        path=row["source_path"],
+        width=row["source_width"],
+        height=row["source_height"],
+        operation=row["operation"],
+        strength=row["strength"],
+        scale=row["scale"],
+        upscaler=row["upscaler"],
+    )
+
+
+def _parent(row: sqlite3.Row) -> Lineage | None:
+    # A deleted parent leaves parent_job_id NULL (ON DELETE SET NULL) and the index behind.
+    if row["parent_job_id"] is None:
+        return None
+    return Lineage(job_id=row["parent_job_id"], image_index=row["parent_image_idx"])

@@ -26,8 +26,16 @@ from bot.store import (
     Store,
 )
 from bot.store import database as database_module
-from inference.jobs import JobJournal, JobOutcome, JobRecord, JobState, Owner, StoredImage
-from inference.types import GenerationRequest
+from inference.jobs import (
+    JobJournal,
+    JobOutcome,
+    JobRecord,
+    JobState,
+    Lineage,
+    Owner,
+    StoredImage,
+)
+from inference.types import GenerationRequest, ImageSource
 
 LATEST_VERSION = len(database_module._migrations())
 
@@ -77,6 +85,18 @@ def outcome(job_id: int, n: int = 2) -> JobOutcome:
 
 
 OWNER = Owner(user_id=111, guild_id=222)
+
+# Image 1 of a 512x768 result, upscaled ×2 with an upscaler model.
+UPSCALE_SOURCE = ImageSource("/data/41/1.png", 512, 768, "upscale", 0.3, 2.0, "4x-UltraSharp")
+UPSCALE = request(width=1024, height=1536, count=1, source=UPSCALE_SOURCE)
+VARIATION = request(seed=77, source=ImageSource("/data/41/0.png", 512, 768, "img2img", 0.45))
+ZOOM_OUT = request(
+    width=768,
+    height=1152,
+    count=1,
+    source=ImageSource("/data/41/0.png", 512, 768, "zoom_out", 1.0, 1.5),
+)
+UPLOAD = request(source=ImageSource("/data/uploads/cat.png", 512, 768))  # img2img, defaults
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -206,6 +226,58 @@ async def test_dropping_users_keeps_every_job_image_link_and_id(tmp_path: Path) 
         assert "users" not in names and "jobs_new" not in names
         assert {"jobs_unfinished", "jobs_user", "jobs_message", "jobs_undelivered"} <= names
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def _database_at_version(db: Path, version: int) -> None:
+    """A database file as the imagine-bot of schema `version` left it."""
+    with raw(db) as conn:  # foreign keys off, as the runner applies migrations
+        for number, _name, script in database_module._migrations()[:version]:
+            conn.executescript(script)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+
+async def test_v3_database_gains_image_sources_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """0004 adds the source and lineage columns: a version 3 database keeps its jobs, images
+    and re-roll links, reads them back as prompt-only jobs, and takes image jobs after."""
+    db = tmp_path / "bot.db"
+    _database_at_version(db, 3)
+    with raw(db) as conn:
+        for seed, rerolled in ((1, None), (2, 1)):
+            conn.execute(
+                "INSERT INTO jobs (user_id, guild_id, prompt, negative_prompt, width, height,"
+                " steps, guidance, seed, sampler, count, model, created_at, rerolled_from)"
+                " VALUES (111, 222, 'p', 'n', 64, 64, 1, 7.0, ?, 's', 1, 'm', 1.0, ?)",
+                (seed, rerolled),
+            )
+        conn.execute(
+            "UPDATE jobs SET state = 'done', started_at = 2, finished_at = 3, elapsed_s = 1"
+            " WHERE id = 1"
+        )
+        conn.execute("INSERT INTO job_images VALUES (1, 0, '/1.png', 1, 64, 64)")
+    async with opened(db) as store:
+        old = await store.jobs.get_job(1)
+        assert old is not None and old.state is JobState.DONE and old.owner == OWNER
+        assert old.request.source is None and old.parent is None
+        assert old.outcome is not None and old.outcome.images[0].path == "/1.png"
+        [queued] = await store.jobs.unfinished_jobs()
+        assert queued.id == 2 and queued.request.source is None and queued.parent is None
+        new = await store.jobs.create_job(OWNER, UPSCALE, parent=Lineage(1, 0))
+        job = await store.jobs.get_job(new)
+        assert job is not None and job.request == UPSCALE and job.parent == Lineage(1, 0)
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION >= 4
+        assert conn.execute(
+            "SELECT id, rerolled_from, source_path, operation, parent_job_id FROM jobs ORDER BY id"
+        ).fetchall() == [
+            (1, None, None, None, None),
+            (2, 1, None, None, None),
+            (3, None, "/data/41/1.png", "upscale", 1),
+        ]
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"jobs_unfinished", "jobs_user", "jobs_message", "jobs_undelivered"} <= names
+        assert "jobs_parent" in names
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_split_sql_keeps_semicolons_inside_strings_comments_and_triggers() -> None:
@@ -386,6 +458,17 @@ requests = st.builds(
     sampler=st.text(min_size=1, max_size=40),
     count=st.integers(1, 16),
     model=st.text(min_size=1, max_size=80),
+    source=st.none()
+    | st.builds(
+        ImageSource,
+        path=texts,
+        width=st.integers(1, 8192),
+        height=st.integers(1, 8192),
+        operation=st.sampled_from(["img2img", "upscale", "zoom_out"]),
+        strength=st.floats(0, 1, exclude_min=True),
+        scale=st.floats(0, 64, exclude_min=True),
+        upscaler=st.none() | st.text(max_size=80),
+    ),
 )
 owners = st.builds(
     Owner, user_id=st.integers(0, 2**63 - 1), guild_id=st.none() | st.integers(0, 2**63 - 1)
@@ -407,17 +490,26 @@ outcomes = st.builds(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(owner=owners, req=requests, result=outcomes)
+@given(
+    owner=owners,
+    req=requests,
+    result=outcomes,
+    image_index=st.none() | st.integers(0, 2**31),
+)
 async def test_journal_round_trip_preserves_every_field(
-    owner: Owner, req: GenerationRequest, result: JobOutcome
+    owner: Owner, req: GenerationRequest, result: JobOutcome, image_index: int | None
 ) -> None:
     clock = FakeClock(1_700_000_000.125)
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "bot.db"
         async with opened(db, clock) as store:
-            job_id = await store.jobs.create_job(owner, req)
+            parent = None
+            if req.source is not None and image_index is not None:  # only a picture has one
+                parent = Lineage(await store.jobs.create_job(OWNER, request()), image_index)
+                await store.jobs.mark_cancelled(parent.job_id)
+            job_id = await store.jobs.create_job(owner, req, parent=parent)
             [queued] = await store.jobs.unfinished_jobs()
-            assert queued.request == req and queued.owner == owner
+            assert queued.request == req and queued.owner == owner and queued.parent == parent
             clock.advance(1.5)
             await store.jobs.mark_running(job_id)
             clock.advance(2.25)
@@ -435,6 +527,7 @@ async def test_journal_round_trip_preserves_every_field(
         error=None,
         outcome=result,
         delivered=False,
+        parent=parent,
     )
 
 
@@ -581,6 +674,158 @@ async def test_a_reroll_records_its_source(tmp_path: Path) -> None:
         conn.execute("DELETE FROM jobs WHERE id = ?", (source,))
         # The rebuilt table (0003) kept ON DELETE SET NULL.
         assert conn.execute("SELECT rerolled_from FROM jobs").fetchall() == [(None,)]
+
+
+# --------------------------------------------------------------------------- image jobs
+
+
+async def test_image_jobs_keep_their_source_and_parent_across_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        parent = await _finished_job(store)
+        made = {
+            await store.jobs.create_job(OWNER, UPSCALE, parent=Lineage(parent, 1)): (
+                UPSCALE,
+                Lineage(parent, 1),
+            ),
+            await store.jobs.create_job(OWNER, VARIATION, parent=Lineage(parent, 0)): (
+                VARIATION,
+                Lineage(parent, 0),
+            ),
+            await store.jobs.create_job(OWNER, ZOOM_OUT, parent=Lineage(parent, 0)): (
+                ZOOM_OUT,
+                Lineage(parent, 0),
+            ),
+            await store.jobs.create_job(OWNER, UPLOAD): (UPLOAD, None),
+        }
+        for job_id, (req, lineage) in made.items():
+            job = await store.jobs.get_job(job_id)
+            assert job is not None and (job.request, job.parent) == (req, lineage)
+        first = next(iter(made))
+        await store.jobs.set_delivery_target(first, channel_id=10, message_id=555)
+        await store.jobs.mark_running(first)
+        await store.jobs.mark_done(first, outcome(first, 1))
+        origin = await store.jobs.get_job(parent)
+        assert origin is not None and origin.parent is None and origin.request.source is None
+    async with opened(db) as store:  # a new connection reads only what the file holds
+        for job_id, (req, lineage) in made.items():
+            job = await store.jobs.get_job(job_id)
+            assert job is not None and (job.request, job.parent) == (req, lineage)
+        done = await store.jobs.job_by_message(555)
+        assert done is not None and done.id == first and done.state is JobState.DONE
+        assert done.request.source == UPSCALE_SOURCE and done.parent == Lineage(parent, 1)
+        assert done.outcome == outcome(first, 1)
+        page = await store.jobs.history(OWNER.user_id)
+        assert [(j.id, j.request, j.parent) for j in page] == [
+            (job_id, req, lineage) for job_id, (req, lineage) in reversed(made.items())
+        ] + [(parent, request(), None)]
+        # Re-delivery after a restart sees the lineage too (the result embed shows it).
+        undelivered = await store.jobs.undelivered_finished_jobs()
+        assert [(j.id, j.parent) for j in undelivered] == [
+            (parent, None),
+            (first, Lineage(parent, 1)),
+        ]
+    with raw(db) as conn:
+        assert conn.execute(
+            "SELECT operation, strength, scale, upscaler, parent_image_idx FROM jobs WHERE id = ?",
+            (first,),
+        ).fetchone() == ("upscale", 0.3, 2.0, "4x-UltraSharp", 1)
+
+
+async def test_queue_rebuilds_unfinished_image_jobs_from_the_store(tmp_path: Path) -> None:
+    """After a crash the queue re-runs queued and running jobs from unfinished_jobs alone:
+    an image job must come back with its picture and what to do with it."""
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        parent = await _finished_job(store)
+        running = await store.jobs.create_job(OWNER, UPSCALE, parent=Lineage(parent, 1))
+        await store.jobs.mark_running(running)
+        queued = await store.jobs.create_job(OWNER, UPLOAD)
+        plain = await store.jobs.create_job(OWNER, request(prompt="plain"))
+    async with opened(db) as store:
+        unfinished = await store.jobs.unfinished_jobs()
+        assert [(j.id, j.state, j.request, j.parent) for j in unfinished] == [
+            (running, JobState.RUNNING, UPSCALE, Lineage(parent, 1)),
+            (queued, JobState.QUEUED, UPLOAD, None),
+            (plain, JobState.QUEUED, request(prompt="plain"), None),
+        ]
+        assert unfinished[0].request.batch_key() == UPSCALE.batch_key()
+        await store.jobs.requeue(running)
+        again = await store.jobs.get_job(running)
+        assert again is not None and again.request == UPSCALE and again.parent == Lineage(parent, 1)
+
+
+# Each (column, value) breaks one rule of a job with a whole source and a parent.
+BROKEN_IMAGE_JOBS = [
+    ("source_path", None),
+    ("source_width", None),
+    ("source_height", None),
+    ("operation", None),
+    ("strength", None),
+    ("scale", None),
+    ("source_width", 0),
+    ("source_height", -1),
+    ("operation", "inpaint"),
+    ("strength", 0.0),
+    ("strength", 1.5),
+    ("scale", 0.0),
+    ("parent_image_idx", None),
+    ("parent_image_idx", -1),
+]
+
+
+@pytest.mark.parametrize(("column", "value"), BROKEN_IMAGE_JOBS)
+async def test_schema_refuses_half_a_source_or_a_broken_lineage(
+    tmp_path: Path, column: str, value: object
+) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        parent = await store.jobs.create_job(OWNER, request())
+        child = await store.jobs.create_job(OWNER, UPSCALE, parent=Lineage(parent, 1))
+    with raw(db) as conn, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        # `column` is one of BROKEN_IMAGE_JOBS' names, not outside input.
+        conn.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, child))
+    async with opened(db) as store:
+        job = await store.jobs.get_job(child)
+        assert job is not None and job.request == UPSCALE  # nothing changed
+
+
+async def test_store_refuses_a_lineage_without_a_source_or_a_parent(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        parent = await store.jobs.create_job(OWNER, request())
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # a parent, no picture
+            await store.jobs.create_job(OWNER, request(), parent=Lineage(parent, 0))
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await store.jobs.create_job(OWNER, UPSCALE, parent=Lineage(5555, 0))
+        assert [j.id for j in await store.jobs.history(OWNER.user_id)] == [parent]
+    with raw(db) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # an upscaler, no picture
+            conn.execute("UPDATE jobs SET upscaler = '4x' WHERE id = ?", (parent,))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # half a source
+            conn.execute(
+                "UPDATE jobs SET source_path = '/a.png', source_width = 8, source_height = 8"
+                " WHERE id = ?",
+                (parent,),
+            )
+
+
+async def test_deleting_a_parent_unlinks_its_children_and_keeps_their_source(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        parent = await _finished_job(store)
+        child = await store.jobs.create_job(OWNER, VARIATION, parent=Lineage(parent, 1))
+    with raw(db) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM jobs WHERE id = ?", (parent,))
+        assert conn.execute(
+            "SELECT parent_job_id, parent_image_idx FROM jobs WHERE id = ?", (child,)
+        ).fetchone() == (None, 1)
+    async with opened(db) as store:
+        job = await store.jobs.get_job(child)
+        assert job is not None and job.parent is None and job.request == VARIATION
 
 
 # --------------------------------------------------------------------------- history

@@ -83,6 +83,7 @@ def test_an_error_quoting_a_huge_input_still_fits() -> None:
 class _Response:
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.type = None  # not answered yet
 
     def is_done(self) -> bool:
         return False
