@@ -1,4 +1,4 @@
-"""Command line: `imagine-bot run | generate | tiny-model`."""
+"""Command line: `imagine-bot run | generate | upscale | tiny-model`."""
 
 from __future__ import annotations
 
@@ -99,8 +99,37 @@ def _parser() -> argparse.ArgumentParser:
         generate.add_argument(
             *(f"--{name}" for name in flag.names), dest=flag.option, type=flag.value_type
         )
+    generate.add_argument(
+        "--image", type=Path, help="start from this picture (PNG, JPEG or WebP): image-to-image"
+    )
+    generate.add_argument(
+        "--strength",
+        type=float,
+        help="with --image: how much of it to repaint, 0-1 (default: images.image_strength)",
+    )
     generate.add_argument("--out", type=Path, default=Path("image.png"))
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    upscale = commands.add_parser(
+        "upscale",
+        help="make a picture larger (resize, then a light image-to-image pass)",
+        description="Prompt, seed, sampler, CFG, steps and model come from the picture's "
+        "A1111 metadata when it has some; options given here win.",
+    )
+    upscale.add_argument("image", type=Path, help="the picture (PNG, JPEG or WebP)")
+    upscale.add_argument("--scale", type=float, help="default: images.upscale_factor")
+    upscale.add_argument(
+        "--strength", type=float, help="repaint strength 0-1; default: images.upscale_strength"
+    )
+    upscale.add_argument("--prompt", help="required if the picture carries no prompt")
+    upscale.add_argument("--negative", dest="negative_prompt")
+    upscale.add_argument("--steps", type=int)
+    upscale.add_argument("--cfg", "--guidance", dest="guidance", type=float)
+    upscale.add_argument("--seed", type=int)
+    upscale.add_argument("--sampler")
+    upscale.add_argument("--model")
+    upscale.add_argument("--out", type=Path, help="default: <image>-x<scale>.png")
+    upscale.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     tiny = commands.add_parser("tiny-model", help="build a tiny random-weight model to smoke-test")
     tiny.add_argument("directory", type=Path)
@@ -120,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagine-bot: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, [settings.discord.token.get_secret_value()])
-    if args.command == "generate":
+    if args.command in ("generate", "upscale"):
         return _generate(args, settings)
     return _run(settings)
 
@@ -157,10 +186,14 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from bot.cli_generate import generate_to_files
+    from bot.cli_upscale import upscale_to_file
     from inference.errors import InferenceError
 
     try:
-        paths = generate_to_files(args, settings)
+        if args.command == "upscale":
+            paths = upscale_to_file(args, settings)
+        else:
+            paths = generate_to_files(args, settings)
     except InferenceError as error:
         print(f"imagine-bot: {error}", file=sys.stderr)
         return 2

@@ -53,7 +53,9 @@ async def run_bot(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM or the gateway closes; then shut down cleanly."""
     point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
     prepare_data_dir(settings.data_dir)  # 0700, files 0600 (umask 077)
-    generator = DiffusersGenerator(settings.model_specs(), settings.runtime)
+    generator = DiffusersGenerator(
+        settings.model_specs(), settings.runtime, settings.upscaler_specs()
+    )
     # Fail at start, with the model named, rather than on somebody's first /imagine.
     for spec in settings.models:
         info = generator.model_info(spec.name)

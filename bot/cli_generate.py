@@ -1,17 +1,27 @@
-"""`imagine-bot generate`: one request through the same engine the bot uses, no Discord."""
+"""`imagine-bot generate`: one request through the same engine the bot uses, no Discord.
+
+With `--image`, the picture is the starting point (image-to-image at `--strength`): it is read
+as /imagine reads an attachment (PNG, JPEG or WebP, within [limits] and
+images.max_attachment_bytes) and kept as a normalised PNG while the job runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bot.flags import FLAGS, flag_for, parse_inline_flags
 from bot.settings import Settings
 from inference.errors import InvalidRequestError
 from inference.generator import DiffusersGenerator
+from inference.image_input import load_input_image
 from inference.requests import RequestOptions, resolve_request
 from inference.tokens import count_prompt_tokens
-from inference.types import Progress
+from inference.types import GenerationRequest, ImageOperation, ImageSource, Progress
 
 
 def options_from_args(args: argparse.Namespace, default_model: str) -> RequestOptions:
@@ -39,16 +49,89 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
 
 
-def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path]:
-    from tqdm import tqdm
+def read_input_file(path: Path) -> bytes:
+    """The bytes of a picture named on the command line; a missing file is a one-line error."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InvalidRequestError("image", f"cannot read {path}: {error.strerror}") from error
 
-    generator = DiffusersGenerator(settings.model_specs(), settings.runtime)
+
+@contextmanager
+def saved_source(
+    data: bytes,
+    settings: Settings,
+    *,
+    operation: ImageOperation,
+    strength: float,
+    scale: float = 1.0,
+    upscaler: str | None = None,
+) -> Iterator[ImageSource]:
+    """The picture checked and normalised as the bot does an attachment, saved as a PNG in a
+    temporary folder for as long as the block runs (the job reads it from there)."""
+    limits = settings.limits
+    picture = load_input_image(
+        data,
+        max_bytes=settings.images.max_attachment_bytes,
+        max_pixels=limits.max_pixels,
+        max_side=limits.max_side,
+    )
+    with tempfile.TemporaryDirectory(prefix="imagine-bot-") as folder:
+        path = Path(folder) / "source.png"
+        picture.image.save(path, format="PNG")
+        yield ImageSource(
+            str(path),
+            picture.width,
+            picture.height,
+            operation=operation,
+            strength=strength,
+            scale=scale,
+            upscaler=upscaler,
+        )
+
+
+def make_generator(settings: Settings) -> DiffusersGenerator:
+    return DiffusersGenerator(settings.model_specs(), settings.runtime, settings.upscaler_specs())
+
+
+def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    generator = make_generator(settings)
     options = options_from_args(args, settings.default_model)
+    image: Path | None = getattr(args, "image", None)
+    strength: float | None = getattr(args, "strength", None)
+    if image is None:
+        if strength is not None:
+            raise InvalidRequestError("strength", "needs --image (the picture to start from)")
+        return run_request(generator, options, settings, args)
+    data = read_input_file(image)
+    with saved_source(
+        data,
+        settings,
+        operation="img2img",
+        strength=settings.images.image_strength if strength is None else strength,
+    ) as source:
+        return run_request(generator, dataclasses.replace(options, source=source), settings, args)
+
+
+def run_request(
+    generator: DiffusersGenerator,
+    options: RequestOptions,
+    settings: Settings,
+    args: argparse.Namespace,
+) -> list[Path]:
+    """Resolve, run with a progress bar, and write the images to `args.out`."""
     info = generator.model_info(options.model or settings.default_model)
     request = resolve_request(options, info, settings.limits, count_tokens=count_prompt_tokens)
+    return write_results(generator, request, args.out, no_progress=args.no_progress)
+
+
+def write_results(
+    generator: DiffusersGenerator, request: GenerationRequest, out: Path, *, no_progress: bool
+) -> list[Path]:
+    from tqdm import tqdm
 
     generator.load(request.model)  # before the bar, so the bar times only the steps
-    bar = tqdm(total=request.steps, unit="step", disable=args.no_progress, desc="generating")
+    bar = tqdm(total=request.steps, unit="step", disable=no_progress, desc="generating")
 
     def on_progress(_index: int, progress: Progress) -> None:
         bar.total = progress.total
@@ -60,12 +143,12 @@ def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path
     finally:
         bar.close()
     assert result is not None  # nothing can cancel a CLI run
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, image in zip(output_paths(args.out, request.count), result.images, strict=True):
+    for path, image in zip(output_paths(out, request.count), result.images, strict=True):
         path.write_bytes(image.png)
         written.append(path)
     if result.grid_png is not None:
-        args.out.write_bytes(result.grid_png)
-        written.append(args.out)
+        out.write_bytes(result.grid_png)
+        written.append(out)
     return written

@@ -117,12 +117,14 @@ class RemixModal(discord.ui.Modal, title="Remix"):
         limit = min(max_chars, MAX_PROMPT_INPUT)
         self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
             label="Prompt",
+            custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:limit],
             max_length=limit,
         )
         self.negative: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
             label="Negative prompt",
+            custom_id="negative",
             style=discord.TextStyle.paragraph,
             default=negative[:limit] or None,
             max_length=limit,

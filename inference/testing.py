@@ -346,14 +346,14 @@ def import_spandrel_for_tests() -> Any:
 
 
 def save_tiny_upscaler(path: Path, *, scale: int = 2, seed: int = 0) -> Path:
-    """A random-weight ESRGAN (RRDBNet, 8 features, 1 block) as `.safetensors`, in the classic
-    ESRGAN key layout that spandrel recognises; ×`scale` (2 or 4). A few thousand weights."""
+    """A random-weight ESRGAN (RRDBNet: 8 features, 1 block, growth 32) as `.safetensors`, in
+    the classic ESRGAN key layout that spandrel recognises; ×`scale` (2 or 4). 0.9 MB."""
     from safetensors.torch import save_file
 
     if scale not in (2, 4):
         raise ValueError("scale must be 2 or 4")
     generator = torch.Generator().manual_seed(seed)
-    features, growth, blocks = 8, 4, 1
+    features, growth, blocks = 8, 32, 1  # growth: spandrel reads ESRGAN as 32 wide
     tensors: dict[str, torch.Tensor] = {}
 
     def conv(name: str, inputs: int, outputs: int) -> None:
@@ -366,7 +366,8 @@ def save_tiny_upscaler(path: Path, *, scale: int = 2, seed: int = 0) -> Path:
         for rdb in (1, 2, 3):
             for i in range(1, 6):
                 outputs = features if i == 5 else growth
-                conv(f"model.1.sub.{block}.RDB{rdb}.conv{i}.0", features + (i - 1) * growth, outputs)
+                inputs = features + (i - 1) * growth
+                conv(f"model.1.sub.{block}.RDB{rdb}.conv{i}.0", inputs, outputs)
     conv(f"model.1.sub.{blocks}", features, features)
     # Each ×2 is an upsample, a conv and an activation: model.3, model.6, ...
     index = 3

@@ -80,7 +80,8 @@ def load_upscaler(spec: UpscalerSpec, device: Any = "cpu", dtype: Any = None) ->
         ) from error
     except Exception as error:  # safetensors and spandrel raise many types for a bad file
         raise CheckpointError(
-            f"upscaler {spec.name!r}: {path.name} could not be read ({error}); download it again"
+            f"upscaler {spec.name!r}: {path.name} could not be loaded "
+            f"({_first_line(error)}); download it again"
         ) from error
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.scale < 2:
         raise CheckpointError(
@@ -110,3 +111,8 @@ def upscale_image(upscaler: LoadedUpscaler, image: Image.Image) -> Image.Image:
         output = upscaler.model(tensor)
     pixels = output[0].float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(pixels, "RGB")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

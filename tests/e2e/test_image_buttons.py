@@ -85,6 +85,10 @@ async def refusal(handle: InteractionHandle, fake: FakeDiscord) -> str:
     return message.content
 
 
+def public_messages(fake: FakeDiscord) -> int:
+    return sum(1 for m in fake.messages_in() if not m.ephemeral)
+
+
 def png_bytes(size: tuple[int, int], colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG")
@@ -129,15 +133,16 @@ async def test_vary_subtle_and_strong_keep_the_size_and_draw_a_new_seed(
     source, _ = params_of(final)
     subtle = await press(fake, final, "imagine:subtle:0", user)
     strong = await press(fake, final, "imagine:strong:0", user)
-    differences = []
+    pictures = {source.tobytes()}
     for message, strength in ((subtle, 0.3), (strong, 0.6)):
         image, params = params_of(message)
         assert image.size == source.size
         assert params.denoising_strength == strength
         assert params.seed != 5
-        pixels = zip(image.convert("L").getdata(), source.convert("L").getdata(), strict=True)
-        differences.append(sum(abs(a - b) for a, b in pixels))
-    assert differences[0] < differences[1]  # subtle stays closer to the picture
+        pictures.add(image.tobytes())
+    # How close each stays to the picture is measured in tests/integration (the tiny model's
+    # random VAE scrambles pixels); here: three different pictures.
+    assert len(pictures) == 3
 
 
 async def test_remix_opens_a_form_with_the_prompt_and_varies_with_the_edited_one(
@@ -223,29 +228,31 @@ async def test_imagine_with_an_attached_image_starts_from_it(
     fake: FakeDiscord, bot: BotProcess
 ) -> None:
     user = fake.add_user("uploader")
-    picture = png_bytes((80, 48))
-    handle = fake.invoke_slash(
-        "imagine",
-        {
-            "prompt": "a red sunset",
-            "steps": 4,
-            "strength": 0.5,
-            "image": fake.attachment("mine.png", picture),
-        },
-        user=user,
-    )
-    assert (
-        await handle.wait_for_response(timeout=WAIT)
-        == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
-    )
-    final = await handle.wait_for_original(has_images, timeout=WAIT)
-    image, params = params_of(final)
-    assert image.size == (80, 48)  # the picture sets the size
-    assert params.denoising_strength == 0.5
-    # Mostly red still: the picture, not noise, was the start.
-    bands = image.convert("RGB").split()
-    red, green = (sum(band.getdata()) / (80 * 48) for band in bands[:2])
-    assert red > green + 40
+    results = []
+    for colour in ((200, 40, 40), (40, 40, 200)):
+        handle = fake.invoke_slash(
+            "imagine",
+            {
+                "prompt": "a sunset",
+                "steps": 4,
+                "seed": 3,
+                "strength": 0.5,
+                "image": fake.attachment("mine.png", png_bytes((80, 48), colour)),
+            },
+            user=user,
+        )
+        assert (
+            await handle.wait_for_response(timeout=WAIT)
+            == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+        )
+        final = await handle.wait_for_original(has_images, timeout=WAIT)
+        image, params = params_of(final)
+        assert image.size == (80, 48)  # the picture sets the size
+        assert params.denoising_strength == 0.5 and params.seed == 3
+        results.append(image.tobytes())
+    # Same prompt, seed and options: only the picture differs, and so does the result (the
+    # tiny model's random VAE scrambles colours, so "still red" cannot be asked of it).
+    assert results[0] != results[1]
     history = await ephemeral_reply(fake, "history", {}, user=user)
     assert "from an uploaded image" in history
 
@@ -274,7 +281,7 @@ async def test_a_bad_attachment_gets_a_clear_private_refusal(
     fake: FakeDiscord, bot: BotProcess, name: str, content: bytes, declared, expected: str
 ) -> None:
     user = fake.add_user(f"bad-{name}")
-    before = len(fake.messages_in())
+    before = public_messages(fake)
     handle = fake.invoke_slash(
         "imagine",
         {"prompt": "a cat", "image": fake.attachment(name, content, size=declared)},
@@ -282,7 +289,7 @@ async def test_a_bad_attachment_gets_a_clear_private_refusal(
     )
     text = await refusal(handle, fake)
     assert text.startswith("⚠️ image:") and expected in text, text
-    assert len(fake.messages_in()) == before  # nothing public was posted
+    assert public_messages(fake) == before  # nothing public was posted, nothing left over
 
 
 async def test_strength_without_an_image_is_refused(fake: FakeDiscord, bot: BotProcess) -> None:
@@ -290,3 +297,40 @@ async def test_strength_without_an_image_is_refused(fake: FakeDiscord, bot: BotP
         fake, "imagine", {"prompt": "a cat", "strength": 0.4}, user=fake.add_user("no-image")
     )
     assert "strength" in text and "image" in text
+
+
+async def test_a_slow_download_is_acknowledged_in_time_and_a_bad_one_refused_privately(
+    fake: FakeDiscord, bot: BotProcess
+) -> None:
+    """The CDN holds the file for 3.5 s: the bot acknowledges within Discord's 3 s anyway,
+    then finishes. A file that turns out bad after such a wait replaces the public "thinking"
+    message with a private refusal."""
+    user = fake.add_user("slow-cdn")
+    fake.stall_requests("GET", r"attachments/", seconds=3.5)
+    handle = fake.invoke_slash(
+        "imagine",
+        {
+            "prompt": "a slow boat",
+            "steps": 4,
+            "image": fake.attachment("s.png", png_bytes((64, 64))),
+        },
+        user=user,
+    )
+    assert (
+        await handle.wait_for_response(timeout=WAIT)
+        == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+    )
+    assert handle.ack_latency is not None and handle.ack_latency < 3.0
+    final = await handle.wait_for_original(has_images, timeout=WAIT)
+    assert params_of(final)[1].denoising_strength == 0.6  # [images] image_strength
+
+    fake.stall_requests("GET", r"attachments/", seconds=3.5)
+    bad = fake.invoke_slash(
+        "imagine",
+        {"prompt": "a slow cat", "image": fake.attachment("x.png", b"not a picture at all")},
+        user=user,
+    )
+    text = await refusal(bad, fake)
+    assert "PNG, JPEG or WebP" in text
+    assert bad.ack_latency is not None and bad.ack_latency < 3.0
+    assert bad.original is not None and bad.original.deleted  # no public "thinking…" left

@@ -188,6 +188,7 @@ class InteractionRoutes:
         if (
             original is not None
             and original.loading
+            and not original.deleted  # deleted: a new message, which may be ephemeral
             and interaction.callback_type == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
         ):
             # The first follow-up after a deferred response fills in the "thinking" message;
