@@ -35,6 +35,8 @@ async def test_restart_with_jobs_queued_delivers_each_exactly_once(
             )
             for i, user in enumerate(users)
         ]
+        # An upscale of an earlier result waits too: its picture and lineage must survive.
+        handles.append(fake.click_button(earlier_result, "imagine:upscale:0", user=users[1]))
         for handle in handles:
             await handle.wait_for_response(timeout=WAIT)
         # Stop while the first job is mid-way (progress shown) and the others wait.
@@ -68,6 +70,14 @@ async def test_restart_with_jobs_queued_delivers_each_exactly_once(
             timeout=WAIT,
         )
         assert "before the restart" in reroll.embeds[0]["description"]
+        upscaled = await handles[-1].wait_for_original(lambda m: bool(m.attachments))
+        assert upscaled.embeds[0]["description"] == "before the restart"
+        # The buttons under a result from before the restart work too (fixed custom ids).
+        varied = fake.click_button(earlier_result, "imagine:subtle:0", user=users[2])
+        result = await varied.wait_for_original(
+            lambda m: any(a.filename.startswith("job-") for a in m.attachments), timeout=WAIT
+        )
+        assert any(f["name"] == "From image" for f in result.embeds[0]["fields"])
         await bot.stop()
     finally:
         await bot.kill()
