@@ -30,6 +30,29 @@ class ModelSpec:
     family: ModelFamily | None = None
     variant: ModelVariant | None = None
     prediction_type: PredictionType | None = None
+    # The name of another [[models]] entry, an inpainting checkpoint (9-channel UNet) of the
+    # same family, used for "zoom out" of this model's images; None: inpaint with this model.
+    inpainting: str | None = None
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA as the operator names it ([[loras]]): Kohya/A1111 or diffusers format
+    `.safetensors`. `family` (sd1, sd2, sdxl) is checked against the model's; `triggers` are
+    words that wake it, shown in autocomplete."""
+
+    name: str
+    source: str
+    family: ModelFamily | None = None
+    triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """A textual-inversion embedding ([[embeddings]]) used by its name in prompts."""
+
+    name: str
+    source: str
 
 
 @dataclass(frozen=True)
