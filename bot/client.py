@@ -16,6 +16,7 @@ from bot.cogs.admin import AdminCog
 from bot.cogs.history import HistoryCog
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.reactions import ReactionsCog
+from bot.cogs.user_settings import SettingsCog
 from bot.delivery import Deliverer, DeliveryPolicy
 from bot.errors import user_message
 from bot.limits import RateLimiter
@@ -76,7 +77,13 @@ class ImagineBot(commands.Bot):
         self.actions = Actions(self)
 
     async def setup_hook(self) -> None:
-        for cog in (ImagineCog(self), ReactionsCog(self), HistoryCog(self), AdminCog(self)):
+        for cog in (
+            ImagineCog(self),
+            ReactionsCog(self),
+            HistoryCog(self),
+            AdminCog(self),
+            SettingsCog(self),
+        ):
             await self.add_cog(cog)
         self.add_view(ResultView(self))  # persistent buttons survive restarts
         self.add_dynamic_items(ImageActionButton)

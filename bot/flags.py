@@ -58,6 +58,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("guidance", ("cfg", "guidance"), _number),
     Flag("sampler", ("sampler",), _text),
     Flag("model", ("model",), _text),
+    Flag("style", ("style",), _text),
     Flag("count", ("n", "count"), _integer),
     Flag("width", ("w", "width"), _integer),
     Flag("height", ("h", "height"), _integer),

@@ -51,8 +51,8 @@ from pydantic_settings import (
 
 from inference.checkpoints import locate_source
 from inference.device import DTypeName, RuntimeOptions
-from inference.requests import RequestLimits
-from inference.types import ModelSpec, UpscalerSpec
+from inference.requests import NO_STYLE, RequestLimits
+from inference.types import ModelSpec, StyleSpec, UpscalerSpec
 
 ENV_PREFIX = "IMAGINE_BOT__"
 TOKEN_HELP = (
@@ -237,6 +237,19 @@ UpscalerEntry = Annotated[
 ]
 
 
+def _style_entry(value: Any) -> Any:
+    name = value.get("name") if isinstance(value, Mapping) else None
+    if isinstance(name, str) and not name.strip():
+        raise ValueError("name must not be empty")
+    if isinstance(name, str) and name.lower() == NO_STYLE:
+        raise ValueError(f"name {name!r} is reserved: it means no style")
+    return value
+
+
+# A [[styles]] entry is an inference.types.StyleSpec: name, prompt template, negative_prompt.
+StyleEntry = Annotated[StyleSpec, BeforeValidator(_style_entry)]
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -280,6 +293,7 @@ class Settings(BaseSettings):
     delivery: DeliveryConfig
     images: ImagesConfig
     upscalers: tuple[UpscalerEntry, ...]
+    styles: tuple[StyleEntry, ...]
     logging: LoggingConfig
 
     @field_validator("models")
@@ -304,11 +318,33 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _inpainting_models_are_configured(self) -> Settings:
+        names = [m.name for m in self.models]
+        for spec in self.models:
+            if spec.inpainting is None:
+                continue
+            key = f"models.{spec.name}.inpainting"
+            if spec.inpainting == spec.name:
+                raise ValueError(
+                    f"{key}: names the model itself; name another [[models]] entry, the "
+                    "inpainting checkpoint that zooms out this model's pictures"
+                )
+            if spec.inpainting not in names:
+                raise ValueError(
+                    f"{key}: {spec.inpainting!r} is not among the configured models "
+                    f"({', '.join(names)}); add the inpainting checkpoint as its own [[models]] "
+                    "entry and name it here"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _upscalers_are_distinct_and_known(self) -> Settings:
+        for section, entries in (("upscalers", self.upscalers), ("styles", self.styles)):
+            names = [entry.name for entry in entries]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{section}: duplicate name {duplicates[0]!r}")
         names = [u.name for u in self.upscalers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"upscalers: duplicate name {duplicates[0]!r}")
         if self.images.upscaler and self.images.upscaler not in names:
             known = ", ".join(names) or "none configured"
             raise ValueError(
@@ -374,6 +410,9 @@ class Settings(BaseSettings):
 
     def upscaler_specs(self) -> dict[str, UpscalerSpec]:
         return {spec.name: spec for spec in self.upscalers}
+
+    def style_specs(self) -> dict[str, StyleSpec]:
+        return {spec.name: spec for spec in self.styles}
 
     @property
     def inputs_dir(self) -> Path:

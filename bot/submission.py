@@ -79,6 +79,20 @@ class Submitter:
                     "Rephrase it and try again."
                 )
 
+    async def with_defaults(self, options: RequestOptions, actor: Actor) -> RequestOptions:
+        """`options` with the user's /settings defaults, then the server's default style, in
+        every option the user left out (what they typed always wins). A picture or an explicit
+        width/height sets the size, so a default aspect ratio does not apply then."""
+        defaults = (await self.store.users.get_defaults(actor.user_id)).as_options()
+        if options.source is not None or options.width or options.height:
+            defaults.pop("aspect_ratio", None)
+        if "style" not in defaults and actor.guild_id is not None:
+            server = await self.store.guilds.get_guild_settings(actor.guild_id)
+            if server.default_style:
+                defaults["style"] = server.default_style
+        missing = {k: v for k, v in defaults.items() if getattr(options, k) is None}
+        return replace(options, **missing)  # type: ignore[arg-type]
+
     async def prepare(self, options: RequestOptions, actor: Actor) -> GenerationRequest:
         """Validate without side effects: fast enough to answer inside Discord's 3 s."""
         model = options.model or self.settings.default_model
@@ -88,6 +102,7 @@ class Submitter:
             info,
             self.settings.limits,
             count_tokens=self.count_tokens,
+            styles=self.settings.style_specs(),
         )
         await self.check_channel_and_words(actor, [request.prompt])
         return request

@@ -384,6 +384,25 @@ def check_components(header: CheckpointHeader, family: ModelFamily) -> None:
         )
 
 
+TEXT_TO_IMAGE_CHANNELS = 4
+# An inpainting UNet reads the noisy latents (4), the mask (1) and the masked picture's
+# latents (4), stacked: its first convolution has 9 input channels.
+INPAINTING_CHANNELS = 9
+_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def unet_input_channels(header: CheckpointHeader) -> int | None:
+    """The number of input channels of the file's UNet (4: text-to-image; 9: inpainting), or
+    None when the file has no (4-dimensional) UNet input convolution."""
+    shape = header.shape(_UNET_CONV_IN)
+    return shape[1] if shape is not None and len(shape) == 4 else None
+
+
+def is_inpainting_checkpoint(header: CheckpointHeader) -> bool:
+    """True for an inpainting checkpoint (SD 1.5 / SD 2 / SDXL inpainting): a 9-channel UNet."""
+    return unet_input_channels(header) == INPAINTING_CHANNELS
+
+
 def load_config_json(config_dir: Path, sub: str, filename: str = "config.json") -> dict[str, Any]:
     path = config_dir / sub / filename
     try:
@@ -401,15 +420,25 @@ def load_config_json(config_dir: Path, sub: str, filename: str = "config.json") 
 
 
 def check_shapes(
-    header: CheckpointHeader, family: ModelFamily, config_dir: Path, *, shipped: bool
+    header: CheckpointHeader,
+    family: ModelFamily,
+    config_dir: Path,
+    *,
+    shipped: bool,
+    unet_in_channels: int | None = None,
 ) -> None:
     """Compare a handful of telling shapes with the architecture config in `config_dir`.
 
     A few tensors pin down channel widths, depth and text width; a mismatch here would
     otherwise surface as a long diffusers traceback (or worse, as a silently partial load).
+    `unet_in_channels` overrides the config's (an inpainting file checked against the
+    text-to-image architecture it shares everything else with).
     """
+    unet_config = load_config_json(config_dir, "unet")
+    if unet_in_channels is not None:
+        unet_config["in_channels"] = unet_in_channels
     problems = [
-        *_unet_problems(header, load_config_json(config_dir, "unet")),
+        *_unet_problems(header, unet_config),
         *_vae_problems(header, load_config_json(config_dir, "vae")),
     ]
     for component, prefix in LDM_PREFIXES[family].items():
@@ -430,9 +459,12 @@ def check_shapes(
         if shipped
         else "Point `config` at the folder of the architecture this checkpoint was made with."
     )
-    conv_in = header.shape("model.diffusion_model.input_blocks.0.0.weight")
-    if conv_in and len(conv_in) == 4 and conv_in[1] == 9:
-        hint = "It is an inpainting model (9 input channels), which imagine-bot does not support."
+    channels = unet_input_channels(header)
+    if channels is not None and channels not in (TEXT_TO_IMAGE_CHANNELS, INPAINTING_CHANNELS):
+        hint = (
+            f"Its UNet takes {channels} input channels: imagine-bot runs text-to-image (4) and "
+            "inpainting (9) models, not other kinds such as InstructPix2Pix (8)."
+        )
     shown = "; ".join(problems[:3]) + (
         f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
     )

@@ -270,7 +270,7 @@ class DiffusersGenerator:
             raise ValueError(
                 "a batch must share model, size, steps, sampler, guidance and source picture"
             )
-        loaded = self.load(first.model)
+        loaded = self.load(self._pipeline_model(first))
         started = time.monotonic()
         owners = [i for i, r in enumerate(requests) for _ in range(r.count)]
         watcher = _StepWatcher(
@@ -305,6 +305,28 @@ class DiffusersGenerator:
         elapsed = time.monotonic() - started
         self.last_preview_seconds = watcher.preview_seconds
         return self._results(requests, images, owners, watcher.cancelled, elapsed, notes)
+
+    def _pipeline_model(self, request: GenerationRequest) -> str:
+        """The model whose pipeline runs `request`: for zoom out, the inpainting model its
+        model's spec names (loaded like any other, so max_resident_models holds), else its own.
+
+        Raises ModelError for a request an inpainting (9-channel) model cannot run."""
+        name = request.model
+        spec = self.models.get(name)
+        if request.operation == "zoom_out" and spec is not None and spec.inpainting:
+            if spec.inpainting not in self.models:
+                known = ", ".join(sorted(self.models))
+                raise ModelError(
+                    f"model {name!r}: its inpainting model {spec.inpainting!r} is not "
+                    f"configured; available: {known}"
+                )
+            return spec.inpainting
+        if request.operation != "zoom_out" and self.model_info(name).inpainting:
+            raise ModelError(
+                f"model {name!r} is an inpainting model: it can only zoom out pictures; "
+                "choose another model for this"
+            )
+        return name
 
     def _run(
         self,

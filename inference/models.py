@@ -25,6 +25,7 @@ import torch
 from inference.checkpoints import (
     CONFIGS_DIR,
     FAMILY_NAMES,
+    INPAINTING_CHANNELS,
     CheckpointHeader,
     check_components,
     check_shapes,
@@ -32,6 +33,7 @@ from inference.checkpoints import (
     detect_family,
     guess_sd2_prediction,
     guess_variant,
+    is_inpainting_checkpoint,
     load_config_json,
     load_pickle_state_dict,
     missing_weights,
@@ -58,8 +60,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-_SD_PIPELINES = frozenset({"StableDiffusionPipeline", "LatentConsistencyModelPipeline"})
-_SDXL_PIPELINES = frozenset({"StableDiffusionXLPipeline"})
+# Inpainting folders (9-channel UNet) load with the text-to-image class too: the generator
+# makes their inpainting pipeline with from_pipe, like every other model's.
+_SD_PIPELINES = frozenset(
+    {"StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionInpaintPipeline"}
+)
+_SDXL_PIPELINES = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"})
 _NATIVE_SIZE: dict[ModelFamily, int] = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 
 # (steps, guidance, sampler) per family and variant.
@@ -97,6 +103,7 @@ class _Plan:
     header: CheckpointHeader | None = None  # single files
     prediction_type: PredictionType | None = None  # None keeps the scheduler's own
     latent_size: int | None = None  # overrides unet.sample_size when the config's is wrong
+    unet_in_channels: int | None = None  # single files: overrides the config's (inpainting)
 
 
 def inspect_model(spec: ModelSpec, *, allow_pickle: bool = False) -> ModelInfo:
@@ -121,6 +128,7 @@ def _info(
     variant: ModelVariant,
     kind: SourceKind,
     native_size: int,
+    inpainting: bool = False,
 ) -> ModelInfo:
     steps, guidance, sampler = generation_defaults(family, variant)
     return ModelInfo(
@@ -132,6 +140,7 @@ def _info(
         default_steps=steps,
         default_guidance=guidance,
         default_sampler=sampler,
+        inpainting=inpainting,
     )
 
 
@@ -155,8 +164,9 @@ def _pipeline_class(index: dict[str, Any], where: Path | str) -> str:
     if name in _SD_PIPELINES:
         return "StableDiffusionPipeline"
     raise CheckpointError(
-        f"{where} is a {name or 'unknown'} model; imagine-bot runs text-to-image Stable "
-        "Diffusion models (StableDiffusionPipeline or StableDiffusionXLPipeline layouts)."
+        f"{where} is a {name or 'unknown'} model; imagine-bot runs text-to-image and "
+        "inpainting Stable Diffusion models (StableDiffusion(XL)Pipeline or "
+        "StableDiffusion(XL)InpaintPipeline layouts)."
     )
 
 
@@ -166,6 +176,10 @@ def _native_size(unet: dict[str, Any], vae: dict[str, Any]) -> int:
         sample = sample[0]
     scale = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
     return int(sample) * scale
+
+
+def _is_inpainting_unet(unet: dict[str, Any]) -> bool:
+    return unet.get("in_channels") == INPAINTING_CHANNELS
 
 
 def _folder_variant(name: str, unet: dict[str, Any], scheduler: dict[str, Any]) -> ModelVariant:
@@ -182,7 +196,8 @@ def _plan_folder(spec: ModelSpec, folder: Path) -> _Plan:
     scheduler = _optional_json(folder / "scheduler" / "scheduler_config.json")
     family = spec.family or family_from_configs(pipeline_class, unet)
     variant = spec.variant or _folder_variant(folder.name, unet, scheduler)
-    info = _info(spec, family, variant, "folder", _native_size(unet, vae))
+    native = _native_size(unet, vae)
+    info = _info(spec, family, variant, "folder", native, _is_inpainting_unet(unet))
     return _Plan(info, folder, pipeline_class, prediction_type=spec.prediction_type)
 
 
@@ -209,7 +224,11 @@ def _plan_single_file(spec: ModelSpec, path: Path, allow_pickle: bool) -> _Plan:
             f"model {spec.name!r}: {path.name} is {FAMILY_NAMES[family]} but config "
             f"{config_dir} describes a {pipeline_class}: point `config` at a matching folder."
         )
-    check_shapes(header, family, config_dir, shipped=shipped)
+    # An inpainting file is its family's architecture with a 9-channel UNet input: the same
+    # configs (shipped or given), with in_channels from the file.
+    inpainting = is_inpainting_checkpoint(header)
+    in_channels = INPAINTING_CHANNELS if inpainting else None
+    check_shapes(header, family, config_dir, shipped=shipped, unet_in_channels=in_channels)
     variant = spec.variant or guess_variant(header)
 
     prediction = spec.prediction_type
@@ -227,7 +246,7 @@ def _plan_single_file(spec: ModelSpec, path: Path, allow_pickle: bool) -> _Plan:
         native = _native_size(
             load_config_json(config_dir, "unet"), load_config_json(config_dir, "vae")
         )
-    info = _info(spec, family, variant, "single_file", native)
+    info = _info(spec, family, variant, "single_file", native, inpainting)
     return _Plan(
         info,
         path,
@@ -236,6 +255,7 @@ def _plan_single_file(spec: ModelSpec, path: Path, allow_pickle: bool) -> _Plan:
         header=header,
         prediction_type=prediction,
         latent_size=latent_size,
+        unet_in_channels=in_channels,
     )
 
 
@@ -305,7 +325,8 @@ def _plan_hub(spec: ModelSpec, hub_id: str) -> _Plan:
     scheduler = _hub_json(hub_id, "scheduler/scheduler_config.json")
     family = spec.family or family_from_configs(pipeline_class, unet)
     variant = spec.variant or _folder_variant(hub_id, unet, scheduler)
-    info = _info(spec, family, variant, "hub", _native_size(unet, vae))
+    native = _native_size(unet, vae)
+    info = _info(spec, family, variant, "hub", native, _is_inpainting_unet(unet))
     return _Plan(info, hub_id, pipeline_class, prediction_type=spec.prediction_type)
 
 
@@ -495,7 +516,10 @@ def _modules_on_meta(plan: _Plan) -> dict[str, Any]:
             cls = getattr(importlib.import_module(library), class_name)
             folder = plan.config_dir / component
             if library == "diffusers":
-                modules[component] = cls.from_config(cls.load_config(folder))
+                config = cls.load_config(folder)
+                if component == "unet" and plan.unet_in_channels is not None:
+                    config["in_channels"] = plan.unet_in_channels
+                modules[component] = cls.from_config(config)
             else:
                 modules[component] = cls(cls.config_class.from_pretrained(folder))
     return modules

@@ -10,13 +10,13 @@ import math
 import random
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from inference.canvas import MAX_ZOOM, upscale_size, zoom_out_size
 from inference.errors import InvalidRequestError
 from inference.samplers import find_sampler
-from inference.types import GenerationRequest, ImageSource, ModelInfo
+from inference.types import GenerationRequest, ImageSource, ModelInfo, StyleSpec
 
 MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit; keeps seeds portable between tools
 PROMPT_TOKEN_LIMIT = 75  # CLIP reads 77 tokens, two of which are start/end markers
@@ -25,6 +25,7 @@ ASPECT_CHOICES = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
 # is refused by its length alone. 100 is also Discord's cap on an autocomplete choice's name.
 MAX_NAME_CHARS = 100
 MAX_UPSCALE = 4.0
+NO_STYLE = "none"  # the style that opts out of a server's default style
 
 # Characters that show nothing: controls, format characters (zero-width space/joiners, word
 # joiner, BOM, bidi marks), separators, plus blank letters and variation selectors. Not "Cn":
@@ -65,6 +66,7 @@ class RequestOptions:
     sampler: str | None = None
     count: int | None = None
     model: str | None = None
+    style: str | None = None  # a configured [[styles]] name, applied to the prompts
     source: ImageSource | None = None  # start from this picture (img2img, upscale, zoom out)
 
     def __post_init__(self) -> None:
@@ -144,8 +146,19 @@ def resolve_request(
     *,
     count_tokens: TokenCounter | None = None,
     rng: random.Random | None = None,
+    styles: Mapping[str, StyleSpec] | None = None,
 ) -> GenerationRequest:
-    """Fill defaults from the model and check every option. Raises InvalidRequestError."""
+    """Fill defaults from the model and check every option. Raises InvalidRequestError.
+
+    A style is applied after the length check: its text is the operator's, not the user's."""
+    operation = "txt2img" if options.source is None else options.source.operation
+    if model.inpainting and operation != "zoom_out":
+        # A 9-channel UNet needs a mask and a masked picture: it cannot start from noise alone.
+        raise InvalidRequestError(
+            "model",
+            f"{model.name} is an inpainting model, for zoom out only; choose another model "
+            f"for {'text-to-image' if operation == 'txt2img' else operation}",
+        )
     prompt = clean_text(options.prompt)
     if not prompt:
         raise InvalidRequestError("prompt", "is empty; describe the image you want")
@@ -160,6 +173,15 @@ def resolve_request(
     negative = clean_text(options.negative_prompt or "")
     if is_blank(negative):
         negative = ""
+    if options.style is not None and options.style.lower() != NO_STYLE:
+        known = styles or {}
+        if options.style not in known:
+            available = ", ".join(sorted(known)) or "none configured"
+            raise InvalidRequestError(
+                "style", f"unknown style {options.style!r}; available: {available}"
+            )
+        prompt, negative = known[options.style].apply(prompt, negative)
+        prompt, negative = clean_text(prompt), clean_text(negative)
     if count_tokens is not None:
         for field, text in (("prompt", prompt), ("negative", negative)):
             tokens = count_tokens(text)

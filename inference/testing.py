@@ -114,8 +114,14 @@ class TinyModel:
     single_file: Path
 
 
-def build_tiny_pipeline(family: ModelFamily = "sd1", seed: int = 0) -> Pipeline:
-    """A random-weight pipeline with real SD layout and tiny widths; same seed, same weights."""
+def build_tiny_pipeline(
+    family: ModelFamily = "sd1", seed: int = 0, *, inpainting: bool = False
+) -> Pipeline:
+    """A random-weight pipeline with real SD layout and tiny widths; same seed, same weights.
+
+    With `inpainting`, the UNet takes 9 input channels (latents, mask, masked picture's
+    latents) as in SD 1.5 / SD 2 / SDXL inpainting checkpoints; the pipeline is still the
+    text-to-image class, which is how imagine-bot loads such a model."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -128,7 +134,7 @@ def build_tiny_pipeline(family: ModelFamily = "sd1", seed: int = 0) -> Pipeline:
     if family not in _TINY_UNETS:
         raise ValueError(f"unknown family {family!r}; expected one of {sorted(_TINY_UNETS)}")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**_TINY_UNETS[family])
+    unet = UNet2DConditionModel(**{**_TINY_UNETS[family], "in_channels": 9 if inpainting else 4})
     vae = AutoencoderKL(**_TINY_VAE, scaling_factor=0.13025 if family == "sdxl" else 0.18215)
     prediction = "v_prediction" if family == "sd2" else "epsilon"
     scheduler = EulerDiscreteScheduler(**_SD_BETAS, prediction_type=prediction)
@@ -232,18 +238,31 @@ def export_single_file(
     return path
 
 
-def save_tiny_model(directory: Path, family: ModelFamily = "sd1", seed: int = 0) -> TinyModel:
-    """Build a tiny model and save it as `tiny-<family>/` and `tiny-<family>.safetensors`."""
+def save_tiny_model(
+    directory: Path, family: ModelFamily = "sd1", seed: int = 0, *, inpainting: bool = False
+) -> TinyModel:
+    """Build a tiny model and save it as `tiny-<family>/` and `tiny-<family>.safetensors`.
+
+    With `inpainting`, a tiny inpainting model (9-channel UNet) saved as
+    `tiny-<family>-inpainting/` (a StableDiffusion(XL)InpaintPipeline folder, as inpainting
+    models are published) and `tiny-<family>-inpainting.safetensors`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    pipe = build_tiny_pipeline(family, seed)
-    folder = directory / f"tiny-{family}"
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe = build_tiny_pipeline(family, seed, inpainting=inpainting)
+    stem = f"tiny-{family}-inpainting" if inpainting else f"tiny-{family}"
+    folder = directory / stem
+    if inpainting:
+        from diffusers import AutoPipelineForInpainting
+
+        AutoPipelineForInpainting.from_pipe(pipe).save_pretrained(folder, safe_serialization=True)
+    else:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    kind = "inpainting " if inpainting else ""
     single_file = export_single_file(
         pipe,
-        directory / f"tiny-{family}.safetensors",
+        directory / f"{stem}.safetensors",
         family=family,
-        title=f"imagine-bot tiny random {family} (seed {seed})",
+        title=f"imagine-bot tiny random {family} {kind}(seed {seed})",
     )
     return TinyModel(family=family, folder=folder.resolve(), single_file=single_file.resolve())
 

@@ -48,6 +48,25 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class StyleSpec:
+    """A named style ([[styles]]): `prompt` is a template where `{prompt}` stands for what the
+    user typed (without it, the template is appended, as A1111 does); `negative_prompt` is
+    added to the user's negative prompt."""
+
+    name: str
+    prompt: str = "{prompt}"
+    negative_prompt: str = ""
+
+    def apply(self, prompt: str, negative: str) -> tuple[str, str]:
+        if "{prompt}" in self.prompt:
+            styled = self.prompt.replace("{prompt}", prompt)
+        else:
+            styled = ", ".join(part for part in (prompt, self.prompt) if part)
+        negatives = ", ".join(part for part in (negative, self.negative_prompt) if part)
+        return styled, negatives
+
+
+@dataclass(frozen=True)
 class EmbeddingSpec:
     """A textual-inversion embedding ([[embeddings]]) used by its name in prompts."""
 
@@ -77,6 +96,8 @@ class ModelInfo:
     default_steps: int
     default_guidance: float
     default_sampler: str
+    # A 9-channel (inpainting) UNet: it fills a masked picture (zoom out) and nothing else.
+    inpainting: bool = False
 
 
 @dataclass(frozen=True)

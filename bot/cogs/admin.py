@@ -14,6 +14,8 @@ from bot.actions import has_rights
 from bot.cogs.imagine import configure_option
 from bot.errors import UserFacingError
 from bot.store import GuildSettings
+from inference.errors import InvalidRequestError
+from inference.requests import NO_STYLE
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -139,6 +141,30 @@ class AdminCog(commands.Cog):
                 changes[name] = value or None  # 0 means back to the bot-wide default
         await self._save(interaction, replace(settings, **changes))
 
+    @admin.command(name="style")
+    @app_commands.describe(style="The style for members who pick none (none: no default)")
+    async def default_style(self, interaction: discord.Interaction, style: str) -> None:
+        """Set this server's default style"""
+        settings = await self._settings(interaction)
+        known = self.bot.services.settings.style_specs()
+        if style.lower() == NO_STYLE:
+            chosen = None
+        elif style in known:
+            chosen = style
+        else:
+            available = ", ".join([*sorted(known), NO_STYLE])
+            raise InvalidRequestError("style", f"unknown style {style!r}; available: {available}")
+        await self._save(interaction, replace(settings, default_style=chosen))
+
+    @default_style.autocomplete("style")
+    async def style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = [*self.bot.services.settings.style_specs(), NO_STYLE]
+        return [
+            app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()
+        ][:25]
+
 
 def describe(settings: GuildSettings) -> str:
     channels = ", ".join(f"<#{c}>" for c in sorted(settings.allowed_channel_ids)) or "all"
@@ -151,5 +177,6 @@ def describe(settings: GuildSettings) -> str:
         f"**Channels:** {channels}\n**Blocked words:** {words}\n"
         f"**Images per window:** {limit(settings.images_per_window)} · "
         f"**Window (min):** {limit(settings.window_minutes)} · "
-        f"**Max queued per member:** {limit(settings.max_queued)}"
+        f"**Max queued per member:** {limit(settings.max_queued)}\n"
+        f"**Default style:** {settings.default_style or 'none'}"
     )

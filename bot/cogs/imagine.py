@@ -18,7 +18,7 @@ from bot.delivery import DISCORD_FAILURES
 from bot.errors import EXPECTED_ERRORS, user_message
 from bot.flags import EXAMPLE, flag_for, parse_inline_flags
 from inference.errors import InvalidRequestError
-from inference.requests import ASPECT_CHOICES, MAX_SEED, RequestOptions
+from inference.requests import ASPECT_CHOICES, MAX_SEED, NO_STYLE, RequestOptions
 from inference.samplers import sampler_names
 from inference.types import ImageSource
 
@@ -35,6 +35,7 @@ _OPTION_OF = {
     "seed": "seed",
     "sampler": "sampler",
     "model": "model",
+    "style": "style",
     "count": "count",
 }
 DISCORD_MAX_OPTION_CHARS = 6000  # Discord's cap on a string option's max_length
@@ -83,6 +84,7 @@ class ImagineCog(commands.Cog):
         seed="Same seed + same options = same image",
         sampler="Sampling method",
         model="Which model to use",
+        style="A style from this server's list (none: no style)",
         count="How many images",  # the bound is added from settings in __init__
         image="Start from this picture (PNG, JPEG or WebP)",
         strength="With an image: how much to change it (0.05 a little - 1 all of it)",
@@ -103,6 +105,7 @@ class ImagineCog(commands.Cog):
         sampler: str | None = None,
         model: str | None = None,
         count: int | None = None,
+        style: str | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
@@ -116,6 +119,7 @@ class ImagineCog(commands.Cog):
             "sampler": sampler,
             "model": model,
             "count": count,
+            "style": style,
         }
         try:
             text, inline = parse_inline_flags(prompt)
@@ -144,7 +148,9 @@ class ImagineCog(commands.Cog):
                     image_source_from(image, settings, strength or settings.images.image_strength),
                 )
                 options = dataclasses.replace(options, source=source)
-            request = await self.bot.services.submitter.prepare(options, actor_of(interaction))
+            submitter = self.bot.services.submitter
+            options = await submitter.with_defaults(options, actor_of(interaction))
+            request = await submitter.prepare(options, actor_of(interaction))
         except EXPECTED_ERRORS as error:
             forget(source, self.bot.services.settings)
             await self.bot.reply_ephemeral(interaction, user_message(error))
@@ -168,11 +174,22 @@ class ImagineCog(commands.Cog):
         finally:
             task.cancel()  # only when we were cancelled ourselves: a done task ignores it
 
+    @imagine.autocomplete("style")
+    async def style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = [*self.bot.services.settings.style_specs(), NO_STYLE]
+        return [
+            app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()
+        ][:25]
+
     @imagine.autocomplete("model")
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = [m.name for m in self.bot.services.settings.models]
+        models = self.bot.services.settings.models
+        inpainting = {m.inpainting for m in models}  # for zoom out only, not for /imagine
+        names = [m.name for m in models if m.name not in inpainting]
         return [
             app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()
         ][:25]

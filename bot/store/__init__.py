@@ -7,6 +7,7 @@ import time. The parts:
   delivery targets, re-roll lineage.
 - `store.rates` (`rates.RateLedger`): the rate-limit ledger.
 - `store.guilds` (`guilds.Guilds`): per-guild settings.
+- `store.users` (`users.Users`): per-user defaults for /imagine.
 
 `database.Database` holds the connection, its lock, the migrations (`bot/migrations/*.sql`)
 and the transaction helper the parts share.
@@ -36,6 +37,7 @@ from bot.store.jobs import (
     Jobs,
 )
 from bot.store.rates import RateDecision, RateLedger
+from bot.store.users import UserDefaults, Users
 
 __all__ = [
     "TRANSITIONS",
@@ -54,6 +56,8 @@ __all__ = [
     "SchemaTooNewError",
     "Store",
     "StoreError",
+    "UserDefaults",
+    "Users",
 ]
 
 
@@ -67,6 +71,7 @@ class Store:
         self.jobs = Jobs(database)
         self.rates = RateLedger(database)
         self.guilds = Guilds(database)
+        self.users = Users(database)
 
     @classmethod
     async def open(cls, path: Path | str, *, clock: Clock = time.time) -> Store:

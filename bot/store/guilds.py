@@ -21,6 +21,7 @@ class GuildSettings:
     images_per_window: int | None = None
     window_minutes: float | None = None
     max_queued: int | None = None
+    default_style: str | None = None  # for members who pick no style
 
     def __post_init__(self) -> None:
         # Accept any iterable from callers, store the frozen shape.
@@ -42,8 +43,8 @@ class Guilds:
         """The guild's settings, or the defaults if it has none stored."""
         async with self._db.locked():
             rows = await self._db.rows(
-                "SELECT allowed_channel_ids, blocked_words, limit_overrides FROM guild_settings"
-                " WHERE guild_id = ?",
+                "SELECT allowed_channel_ids, blocked_words, limit_overrides, default_style"
+                " FROM guild_settings WHERE guild_id = ?",
                 (guild_id,),
             )
         if not rows:
@@ -57,6 +58,7 @@ class Guilds:
             images_per_window=limits.get("images_per_window"),
             window_minutes=limits.get("window_minutes"),
             max_queued=limits.get("max_queued"),
+            default_style=r["default_style"],
         )
 
     async def set_guild_settings(self, settings: GuildSettings) -> None:
@@ -67,16 +69,18 @@ class Guilds:
         async with self._db.locked():
             await self._db.execute(
                 "INSERT INTO guild_settings (guild_id, allowed_channel_ids, blocked_words,"
-                " limit_overrides, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " limit_overrides, default_style, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (guild_id) DO UPDATE SET"
                 " allowed_channel_ids = excluded.allowed_channel_ids,"
                 " blocked_words = excluded.blocked_words,"
-                " limit_overrides = excluded.limit_overrides, updated_at = excluded.updated_at",
+                " limit_overrides = excluded.limit_overrides,"
+                " default_style = excluded.default_style, updated_at = excluded.updated_at",
                 (
                     settings.guild_id,
                     json.dumps(sorted(settings.allowed_channel_ids)),
                     json.dumps(list(settings.blocked_words)),
                     json.dumps(limits),
+                    settings.default_style,
                     self._db.clock(),
                 ),
             )

@@ -24,6 +24,7 @@ from bot.store import (
     RateDecision,
     SchemaTooNewError,
     Store,
+    UserDefaults,
 )
 from bot.store import database as database_module
 from inference.jobs import (
@@ -872,6 +873,7 @@ async def test_guild_settings_round_trip(tmp_path: Path) -> None:
             images_per_window=7,
             window_minutes=90,
             max_queued=2,
+            default_style="cinematic",
         )
         await store.guilds.set_guild_settings(wanted)
         await store.guilds.set_guild_settings(GuildSettings(3, window_minutes=15))
@@ -885,6 +887,28 @@ async def test_guild_settings_round_trip(tmp_path: Path) -> None:
         assert got == replaced and got.blocked_words == ("x",) and got.images_per_window is None
     with pytest.raises(ValueError, match="images_per_window"):
         GuildSettings(1, images_per_window=0)
+
+
+async def test_user_defaults_round_trip_and_clearing_removes_the_row(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with opened(db) as store:
+        assert await store.users.get_defaults(5) == UserDefaults(5)
+        wanted = UserDefaults(
+            5, model="sdxl", aspect_ratio="16:9", style="noir", steps=30, sampler="Euler a", count=2
+        )
+        await store.users.set_defaults(wanted)
+        await store.users.set_defaults(UserDefaults(6, steps=12))
+    async with opened(db) as store:
+        assert await store.users.get_defaults(5) == wanted
+        assert (await store.users.get_defaults(6)).as_options() == {"steps": 12}
+        await store.users.set_defaults(UserDefaults(5))
+        assert await store.users.get_defaults(5) == UserDefaults(5)
+    with raw(db) as conn:
+        assert conn.execute("SELECT user_id FROM user_defaults").fetchall() == [(6,)]
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO user_defaults (user_id, count, updated_at) VALUES (7, 0, 0)")
+    with pytest.raises(ValueError, match="steps"):
+        UserDefaults(1, steps=0)
 
 
 # --------------------------------------------------------------------------- rate events

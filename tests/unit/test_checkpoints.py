@@ -309,11 +309,25 @@ def test_text_encoder_width_mismatch(tmp_path: Path) -> None:
         inspect_model(ModelSpec(name="m", source=str(path)))
 
 
-def test_inpainting_models_are_named(tmp_path: Path) -> None:
-    shapes = layout("sd1") | {U + "input_blocks.0.0.weight": (320, 9, 3, 3)}
-    path = fake(tmp_path, "inpaint.safetensors", shapes)
-    with pytest.raises(CheckpointError, match="inpainting"):
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_inpainting_checkpoints_pass_the_shipped_architecture(tmp_path: Path, family: str) -> None:
+    """SD 1.5 / SD 2 / SDXL inpainting: the family's architecture with a 9-channel UNet input."""
+    shapes = layout(family) | {U + "input_blocks.0.0.weight": (320, 9, 3, 3)}
+    path = fake(tmp_path, f"{family}-inpainting.safetensors", shapes)
+    info = inspect_model(ModelSpec(name="m", source=str(path)))
+    assert (info.family, info.inpainting) == (family, True)
+    plain = fake(tmp_path, f"{family}.safetensors", layout(family))
+    assert inspect_model(ModelSpec(name="m", source=str(plain))).inpainting is False
+
+
+def test_other_unet_input_widths_are_named(tmp_path: Path) -> None:
+    shapes = layout("sd1") | {U + "input_blocks.0.0.weight": (320, 8, 3, 3)}
+    path = fake(tmp_path, "instruct-pix2pix.safetensors", shapes)
+    with pytest.raises(CheckpointError) as err:
         inspect_model(ModelSpec(name="m", source=str(path)))
+    message = str(err.value)
+    assert "[320, 8, 3, 3]" in message and "8 input channels" in message
+    assert "inpainting (9)" in message
 
 
 def test_config_folder_must_be_diffusers_layout(tmp_path: Path) -> None:

@@ -193,8 +193,8 @@ def test_defaults_file_and_schema_list_the_same_keys() -> None:
             allowed = {f.name for f in dataclasses.fields(ModelSpec)}
             assert all(set(entry) <= allowed for entry in defaults["models"])
             continue
-        if key == "upscalers":
-            assert defaults["upscalers"] == []  # none by default: Lanczos
+        if key in ("upscalers", "styles"):
+            assert defaults[key] == []  # none by default
             continue
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
@@ -290,3 +290,42 @@ def test_comments_cite_only_files_that_exist() -> None:
                 assert (ROOT / cited).exists() or (path.parent / cited).exists(), (
                     f"{path.relative_to(ROOT)} cites {cited}, which is not in the repository"
                 )
+
+
+# --- [[models]] inpainting: another configured model -------------------------------------------
+
+_INPAINTING_MODELS = (
+    "[[models]]\nname = 'base'\nsource = 'base.safetensors'\ninpainting = 'fill'\n"
+    "[[models]]\nname = 'fill'\nsource = 'fill.safetensors'\n"
+)
+
+
+def test_inpainting_names_another_configured_model(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, _INPAINTING_MODELS), {})
+    specs = settings.model_specs()
+    assert specs["base"].inpainting == "fill" and specs["fill"].inpainting is None
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            "[[models]]\nname = 'base'\nsource = 'b.safetensors'\ninpainting = 'nope'\n",
+            "models.base.inpainting: 'nope' is not among the configured models (base)",
+        ),
+        (
+            "[[models]]\nname = 'base'\nsource = 'b.safetensors'\ninpainting = 'base'\n",
+            "models.base.inpainting: names the model itself",
+        ),
+        (
+            "[[models]]\nname = 'base'\nsource = 'b.safetensors'\ninpainting = 3\n",
+            "models[0].inpainting: must be a string",
+        ),
+    ],
+)
+def test_inpainting_must_name_another_configured_model(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(write(tmp_path, text), {})
+    assert fragment in str(error.value)
