@@ -52,7 +52,7 @@ from pydantic_settings import (
 from inference.checkpoints import locate_source
 from inference.device import DTypeName, RuntimeOptions
 from inference.requests import NO_STYLE, RequestLimits
-from inference.types import ModelSpec, StyleSpec, UpscalerSpec
+from inference.types import EmbeddingSpec, LoraSpec, ModelSpec, StyleSpec, UpscalerSpec
 
 ENV_PREFIX = "IMAGINE_BOT__"
 TOKEN_HELP = (
@@ -237,6 +237,25 @@ UpscalerEntry = Annotated[
 ]
 
 
+def _addon_entry(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        for key in ("name", "source"):
+            if isinstance(value.get(key), str) and not value[key].strip():
+                raise ValueError(f"{key} must not be empty")
+    return value
+
+
+def _locate_addon(spec: LoraSpec | EmbeddingSpec) -> Any:
+    return dataclasses.replace(spec, source=str(_from_base(Path(spec.source))))
+
+
+# [[loras]] and [[embeddings]] entries: inference.types.LoraSpec / EmbeddingSpec, local files.
+LoraEntry = Annotated[LoraSpec, BeforeValidator(_addon_entry), AfterValidator(_locate_addon)]
+EmbeddingEntry = Annotated[
+    EmbeddingSpec, BeforeValidator(_addon_entry), AfterValidator(_locate_addon)
+]
+
+
 def _style_entry(value: Any) -> Any:
     name = value.get("name") if isinstance(value, Mapping) else None
     if isinstance(name, str) and not name.strip():
@@ -261,6 +280,13 @@ def _model_entry(value: Any) -> Any:
                 raise ValueError(f"{key} must not be empty")
         if value.get("config") == "":
             value = {k: v for k, v in value.items() if k != "config"}
+        clip_skip = value.get("clip_skip")
+        if clip_skip is not None and (
+            isinstance(clip_skip, bool)
+            or not isinstance(clip_skip, int)
+            or not 1 <= clip_skip <= 12
+        ):
+            raise ValueError(f"clip_skip must be a whole number from 1 to 12, not {clip_skip!r}")
     return value
 
 
@@ -294,6 +320,8 @@ class Settings(BaseSettings):
     images: ImagesConfig
     upscalers: tuple[UpscalerEntry, ...]
     styles: tuple[StyleEntry, ...]
+    loras: tuple[LoraEntry, ...]
+    embeddings: tuple[EmbeddingEntry, ...]
     logging: LoggingConfig
 
     @field_validator("models")
@@ -339,7 +367,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _upscalers_are_distinct_and_known(self) -> Settings:
-        for section, entries in (("upscalers", self.upscalers), ("styles", self.styles)):
+        for section, entries in (
+            ("upscalers", self.upscalers),
+            ("styles", self.styles),
+            ("loras", self.loras),
+            ("embeddings", self.embeddings),
+        ):
             names = [entry.name for entry in entries]
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
@@ -413,6 +446,12 @@ class Settings(BaseSettings):
 
     def style_specs(self) -> dict[str, StyleSpec]:
         return {spec.name: spec for spec in self.styles}
+
+    def lora_specs(self) -> dict[str, LoraSpec]:
+        return {spec.name: spec for spec in self.loras}
+
+    def embedding_specs(self) -> dict[str, EmbeddingSpec]:
+        return {spec.name: spec for spec in self.embeddings}
 
     @property
     def inputs_dir(self) -> Path:

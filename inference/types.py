@@ -33,6 +33,9 @@ class ModelSpec:
     # The name of another [[models]] entry, an inpainting checkpoint (9-channel UNet) of the
     # same family, used for "zoom out" of this model's images; None: inpaint with this model.
     inpainting: str | None = None
+    # A1111's "Clip skip": 1 reads the text encoder's last layer, 2 the one before (anime
+    # fine-tunes want 2). None: 1.
+    clip_skip: int | None = None
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def test_defaults_file_and_schema_list_the_same_keys() -> None:
             allowed = {f.name for f in dataclasses.fields(ModelSpec)}
             assert all(set(entry) <= allowed for entry in defaults["models"])
             continue
-        if key in ("upscalers", "styles"):
+        if key in ("upscalers", "styles", "loras", "embeddings"):
             assert defaults[key] == []  # none by default
             continue
         model = field.annotation
@@ -329,3 +329,25 @@ def test_inpainting_must_name_another_configured_model(
     with pytest.raises(SettingsError) as error:
         load_settings(write(tmp_path, text), {})
     assert fragment in str(error.value)
+
+
+def test_loras_embeddings_and_clip_skip_are_checked(tmp_path: Path) -> None:
+    config = tmp_path / "bot.toml"
+    config.write_text(
+        '[[models]]\nname = "m"\nsource = "m.safetensors"\nclip_skip = 2\n'
+        '[[loras]]\nname = "detail"\nsource = "l/detail.safetensors"\nfamily = "sd1"\n'
+        'triggers = ["detailed"]\n'
+        '[[embeddings]]\nname = "EasyNegative"\nsource = "e.safetensors"\n'
+    )
+    settings = load_settings(config, {})
+    lora = settings.lora_specs()["detail"]
+    assert lora.source == str(tmp_path / "l" / "detail.safetensors")
+    assert (lora.family, lora.triggers) == ("sd1", ("detailed",))
+    assert settings.embedding_specs()["EasyNegative"].source == str(tmp_path / "e.safetensors")
+    assert settings.model_specs()["m"].clip_skip == 2
+    config.write_text('[[models]]\nname = "m"\nsource = "m.safetensors"\nclip_skip = 0\n')
+    with pytest.raises(SettingsError, match="clip_skip must be a whole number from 1 to 12"):
+        load_settings(config, {})
+    config.write_text('[[loras]]\nname = "a"\nsource = "a"\n[[loras]]\nname = "a"\nsource = "b"\n')
+    with pytest.raises(SettingsError, match="loras: duplicate name 'a'"):
+        load_settings(config, {})
