@@ -176,11 +176,18 @@ def _run(settings: Settings) -> int:
 def _tiny_model(args: argparse.Namespace) -> int:
     configure_logging("WARNING")
     from inference.testing import save_tiny_model, tiny_model_spec_toml
+    from inference.testing_addons import save_tiny_lora, tiny_lora_spec_toml
 
     tiny = save_tiny_model(args.directory, family=args.family)
+    directory = args.directory.resolve()
+    lora = save_tiny_lora(directory / f"tiny-lora-{args.family}.safetensors", args.family)
     # The TOML goes to stdout alone, so `imagine-bot tiny-model DIR > tiny.toml` is a config.
-    print(f"Tiny {args.family} model written to {args.directory}; its config:", file=sys.stderr)
+    print(
+        f"Tiny {args.family} model and LoRA written to {args.directory}; their config:",
+        file=sys.stderr,
+    )
     print(tiny_model_spec_toml(tiny))
+    print(tiny_lora_spec_toml(lora, args.family))
     return 0
 
 

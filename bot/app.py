@@ -16,7 +16,6 @@ from bot.store import Store
 from bot.submission import Submitter
 from inference.generator import DiffusersGenerator
 from inference.queue import JobQueue, QueueSettings
-from inference.tokens import count_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,11 @@ async def run_bot(settings: Settings) -> None:
     point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
     prepare_data_dir(settings.data_dir)  # 0700, files 0600 (umask 077)
     generator = DiffusersGenerator(
-        settings.model_specs(), settings.runtime, settings.upscaler_specs()
+        settings.model_specs(),
+        settings.runtime,
+        settings.upscaler_specs(),
+        loras=settings.lora_specs(),
+        embeddings=settings.embedding_specs(),
     )
     # Fail at start, with the model named, rather than on somebody's first /imagine.
     for spec in settings.models:
@@ -81,7 +84,7 @@ async def run_bot(settings: Settings) -> None:
         logger.info("warmed up in %.1f s", loop.time() - started)
         stack.push_async_callback(queue.close)  # the running job goes back in line
         limiter = RateLimiter(store, limit_policy(settings))
-        submitter = Submitter(settings, store, queue, limiter, generator, count_prompt_tokens)
+        submitter = Submitter(settings, store, queue, limiter, generator)
         bot = ImagineBot(Services(settings, store, queue, limiter, submitter))
         stack.push_async_callback(bot.close)
         if stop.is_set():  # asked to stop while warming up

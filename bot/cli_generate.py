@@ -20,7 +20,6 @@ from inference.errors import InvalidRequestError
 from inference.generator import DiffusersGenerator
 from inference.image_input import load_input_image
 from inference.requests import RequestOptions, resolve_request
-from inference.tokens import count_prompt_tokens
 from inference.types import GenerationRequest, ImageOperation, ImageSource, Progress
 
 
@@ -91,7 +90,13 @@ def saved_source(
 
 
 def make_generator(settings: Settings) -> DiffusersGenerator:
-    return DiffusersGenerator(settings.model_specs(), settings.runtime, settings.upscaler_specs())
+    return DiffusersGenerator(
+        settings.model_specs(),
+        settings.runtime,
+        settings.upscaler_specs(),
+        loras=settings.lora_specs(),
+        embeddings=settings.embedding_specs(),
+    )
 
 
 def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path]:
@@ -121,7 +126,13 @@ def run_request(
 ) -> list[Path]:
     """Resolve, run with a progress bar, and write the images to `args.out`."""
     info = generator.model_info(options.model or settings.default_model)
-    request = resolve_request(options, info, settings.limits, count_tokens=count_prompt_tokens)
+    request = resolve_request(
+        options,
+        info,
+        settings.limits,
+        styles=settings.style_specs(),
+        loras=settings.lora_specs(),
+    )
     return write_results(generator, request, args.out, no_progress=args.no_progress)
 
 

@@ -20,7 +20,6 @@ from inference.a1111_params import ParsedParameters, read_png_parameters
 from inference.errors import InvalidRequestError
 from inference.requests import RequestOptions, resolve_request
 from inference.samplers import find_sampler
-from inference.tokens import count_prompt_tokens
 
 
 def default_out(image: Path, scale: float) -> Path:
@@ -97,5 +96,11 @@ def upscale_to_file(args: argparse.Namespace, settings: Settings) -> list[Path]:
         upscaler=settings.images.upscaler or None,
     ) as source:
         options = dataclasses.replace(options, source=source)
-        request = resolve_request(options, info, settings.limits, count_tokens=count_prompt_tokens)
+        request = resolve_request(
+            options,
+            info,
+            settings.limits,
+            styles=settings.style_specs(),
+            loras=settings.lora_specs(),
+        )
         return write_results(generator, request, out, no_progress=args.no_progress)

@@ -25,7 +25,7 @@ from bot.store import DeliveryTarget, Store
 from inference.errors import InvalidRequestError, StorageUnavailableError
 from inference.jobs import JobRecord, Lineage, Owner
 from inference.queue import JobHandle, JobQueue
-from inference.requests import RequestOptions, TokenCounter, resolve_request
+from inference.requests import RequestOptions, resolve_request
 from inference.types import GenerationRequest, ImageSource, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -53,14 +53,12 @@ class Submitter:
         queue: JobQueue,
         limiter: RateLimiter,
         catalog: ModelCatalog,
-        count_tokens: TokenCounter | None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
         self.limiter = limiter
         self.catalog = catalog
-        self.count_tokens = count_tokens
         self._user_locks = KeyedLocks()
 
     async def check_channel_and_words(self, actor: Actor, texts: list[str]) -> None:
@@ -101,8 +99,8 @@ class Submitter:
             replace(options, model=model),
             info,
             self.settings.limits,
-            count_tokens=self.count_tokens,
             styles=self.settings.style_specs(),
+            loras=self.settings.lora_specs(),
         )
         await self.check_channel_and_words(actor, [request.prompt])
         return request

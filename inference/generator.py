@@ -31,6 +31,7 @@ from inference.errors import (
     UnknownModelError,
 )
 from inference.images import encode_png, make_grid, parameters_text
+from inference.loras import AddOns
 from inference.operations import (
     TILING_PIXELS,
     PreparedSource,
@@ -39,12 +40,15 @@ from inference.operations import (
     vae_tiling,
 )
 from inference.preview import encode_preview, latents_to_rgb
+from inference.prompt_encoding import encode_prompts
 from inference.samplers import make_scheduler
 from inference.types import (
     CancelCheck,
+    EmbeddingSpec,
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
+    LoraSpec,
     ModelInfo,
     ModelSpec,
     Progress,
@@ -60,6 +64,7 @@ class _Loaded:
     pipe: Any
     info: ModelInfo
     scheduler_config: Any  # the model's own, kept because samplers replace pipe.scheduler
+    addons: AddOns  # the LoRAs and embeddings on `pipe` (and so on its derived pipelines)
     # Image-to-image and inpainting pipelines made from `pipe` with from_pipe: the same
     # weights, no copy. Held only here, so evicting the model drops them too.
     derived: dict[str, Any] = field(default_factory=dict)
@@ -157,12 +162,17 @@ class DiffusersGenerator:
         models: Mapping[str, ModelSpec],
         options: RuntimeOptions,
         upscalers: Mapping[str, UpscalerSpec] | None = None,
+        *,
+        loras: Mapping[str, LoraSpec] | None = None,
+        embeddings: Mapping[str, EmbeddingSpec] | None = None,
     ) -> None:
         if not models:
             raise ValueError("at least one model must be configured")
         self.models = dict(models)
         self.options = options
         self.upscalers = dict(upscalers or {})
+        self.loras = dict(loras or {})
+        self.embeddings = dict(embeddings or {})
         self._upscaler: Any = None  # the last used upscaler model (LoadedUpscaler), kept
         self.tiling_pixels = TILING_PIXELS  # results larger than this decode with VAE tiling
         self._infos: dict[str, ModelInfo] = {}
@@ -218,7 +228,16 @@ class DiffusersGenerator:
             allow_pickle=self.options.allow_pickle,
         )
         pipe = prepare_pipeline(pipe, self.placement, self.options)
-        loaded = _Loaded(pipe, info, pipe.scheduler.config)
+        addons = AddOns(
+            pipe,
+            info.family,
+            self.loras,
+            self.embeddings,
+            model=name,
+            allow_pickle=self.options.allow_pickle,
+        )
+        addons.load_embeddings()  # a bad one is logged and left out, not fatal
+        loaded = _Loaded(pipe, info, pipe.scheduler.config, addons)
         self._loaded[name] = loaded
         logger.info(
             "loaded model %s (%s) on %s in %.1f s",
@@ -304,7 +323,8 @@ class DiffusersGenerator:
                     loaded.pipe.vae.disable_tiling()
         elapsed = time.monotonic() - started
         self.last_preview_seconds = watcher.preview_seconds
-        return self._results(requests, images, owners, watcher.cancelled, elapsed, notes)
+        extras = self._metadata(loaded, first)
+        return self._results(requests, images, owners, watcher.cancelled, elapsed, notes, extras)
 
     def _pipeline_model(self, request: GenerationRequest) -> str:
         """The model whose pipeline runs `request`: for zoom out, the inpainting model its
@@ -342,8 +362,12 @@ class DiffusersGenerator:
         prepared = None if first.source is None else prepare_source(first, self._upscale)
         pipe = loaded.pipe if prepared is None else self._derived(loaded, prepared.task)
         seeds = [seed for r in requests for seed in r.seeds()]
-        prompts = [r.prompt for r in requests for _ in range(r.count)]
-        negatives = [r.negative_prompt for r in requests for _ in range(r.count)]
+        # The batch shares one LoRA set (it is in the batch key); set exactly it, so nothing
+        # of the previous batch's stays. Embedding names are spelt as they were loaded.
+        loaded.addons.apply(first.loras)
+        prepare = loaded.addons.prepare_prompt
+        prompts = [prepare(r.prompt) for r in requests for _ in range(r.count)]
+        negatives = [prepare(r.negative_prompt) for r in requests for _ in range(r.count)]
         chunks = [[i] for i in range(len(seeds))] if split else [list(range(len(seeds)))]
         large = first.width * first.height > self.tiling_pixels
         images: list[Image.Image] = []
@@ -357,9 +381,16 @@ class DiffusersGenerator:
             watcher.begin_call([watcher.owners[i] for i in chunk])
             arguments = _source_arguments(prepared, len(chunk), first.width, first.height)
             with vae_tiling(pipe.vae, large and prepared is not None), torch.inference_mode():
+                # A1111's prompt language: weights, BREAK, 75-token chunks; <lora:…> removed.
+                embeddings = encode_prompts(
+                    pipe,
+                    loaded.info.family,
+                    [prompts[i] for i in chunk],
+                    [negatives[i] for i in chunk],
+                    clip_skip=self._clip_skip(loaded),
+                )
                 output = pipe(
-                    prompt=[prompts[i] for i in chunk],
-                    negative_prompt=[negatives[i] for i in chunk],
+                    **embeddings,
                     num_inference_steps=first.steps,
                     guidance_scale=first.guidance,
                     generator=generators,
@@ -373,6 +404,9 @@ class DiffusersGenerator:
             else:
                 images.extend(output.images)
         return images
+
+    def _clip_skip(self, loaded: _Loaded) -> int:
+        return self.models[loaded.info.name].clip_skip or 1
 
     def _derived(self, loaded: _Loaded, task: str) -> Any:
         """The image-to-image or inpainting pipeline sharing `loaded`'s weights (built once)."""
@@ -408,6 +442,15 @@ class DiffusersGenerator:
             )
         return upscale_image(self._upscaler, image)
 
+    def _metadata(self, loaded: _Loaded, request: GenerationRequest) -> dict[str, str]:
+        """A1111's fields that only the engine knows, for the PNGs' parameters."""
+        extras = {}
+        if (clip_skip := self._clip_skip(loaded)) > 1:
+            extras["Clip skip"] = str(clip_skip)
+        if hashes := loaded.addons.lora_hashes(request.loras):
+            extras["Lora hashes"] = hashes
+        return extras
+
     @staticmethod
     def _results(
         requests: Sequence[GenerationRequest],
@@ -416,6 +459,7 @@ class DiffusersGenerator:
         cancelled: set[int],
         elapsed: float,
         notes: tuple[str, ...],
+        extras: dict[str, str],
     ) -> list[GenerationResult | None]:
         results: list[GenerationResult | None] = []
         for index, request in enumerate(requests):
@@ -425,7 +469,7 @@ class DiffusersGenerator:
             own = [images[k] for k, owner in enumerate(owners) if owner == index]
             generated = tuple(
                 GeneratedImage(
-                    png=encode_png(image, parameters_text(request, seed)),
+                    png=encode_png(image, parameters_text(request, seed, extras=extras)),
                     seed=seed,
                     width=image.width,
                     height=image.height,
@@ -435,7 +479,7 @@ class DiffusersGenerator:
             grid = None
             if len(own) > 1:
                 sheet = make_grid(own)
-                grid = encode_png(sheet, parameters_text(request, request.seed, sheet.size))
+                grid = encode_png(sheet, parameters_text(request, request.seed, sheet.size, extras))
             results.append(GenerationResult(request, generated, grid, elapsed, notes))
         return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from PIL import Image
@@ -17,12 +18,16 @@ GENERATOR_NAME = "imagine-bot"
 
 
 def parameters_text(
-    request: GenerationRequest, seed: int, size: tuple[int, int] | None = None
+    request: GenerationRequest,
+    seed: int,
+    size: tuple[int, int] | None = None,
+    extras: Mapping[str, str] | None = None,
 ) -> str:
     """The "parameters" text A1111 writes, which most image sites and tools parse.
 
     The format is prompt, then "Negative prompt: ...", then one line of "Key: value" pairs.
-    `size`: the file's own size when it is not one image of the request (a grid).
+    `size`: the file's own size when it is not one image of the request (a grid). `extras`:
+    what only the engine knows (A1111's "Clip skip", "Lora hashes"), before "Version".
     """
     width, height = size or (request.width, request.height)
     lines = [request.prompt]
@@ -45,6 +50,7 @@ def parameters_text(
             settings["Hires upscaler"] = _quote(source.upscaler or "Lanczos")
         elif source.operation == "zoom_out":
             settings["Zoom out"] = f"{source.scale:g}"
+    settings |= {key: _quote(value) for key, value in (extras or {}).items()}
     settings["Version"] = GENERATOR_NAME
     lines.append(", ".join(f"{key}: {value}" for key, value in settings.items()))
     return "\n".join(lines)

@@ -10,16 +10,15 @@ import math
 import random
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from inference.canvas import MAX_ZOOM, upscale_size, zoom_out_size
 from inference.errors import InvalidRequestError
 from inference.samplers import find_sampler
-from inference.types import GenerationRequest, ImageSource, ModelInfo, StyleSpec
+from inference.types import GenerationRequest, ImageSource, LoraSpec, ModelInfo, StyleSpec
 
 MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit; keeps seeds portable between tools
-PROMPT_TOKEN_LIMIT = 75  # CLIP reads 77 tokens, two of which are start/end markers
 ASPECT_CHOICES = ("1:1", "3:4", "4:3", "2:3", "3:2", "9:16", "16:9")
 # Model, sampler and aspect names are short; an error quotes what was typed, so a longer one
 # is refused by its length alone. 100 is also Discord's cap on an autocomplete choice's name.
@@ -34,8 +33,6 @@ _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 _INVISIBLE_EXTRA = frozenset(
     "\u115f\u1160\u3164\uffa0\u2800" + "".join(chr(c) for c in range(0xFE00, 0xFE10))
 )
-
-TokenCounter = Callable[[str], int]
 
 
 @dataclass(frozen=True)
@@ -144,9 +141,9 @@ def resolve_request(
     model: ModelInfo,
     limits: RequestLimits = RequestLimits(),
     *,
-    count_tokens: TokenCounter | None = None,
     rng: random.Random | None = None,
     styles: Mapping[str, StyleSpec] | None = None,
+    loras: Mapping[str, LoraSpec] | None = None,
 ) -> GenerationRequest:
     """Fill defaults from the model and check every option. Raises InvalidRequestError.
 
@@ -182,16 +179,6 @@ def resolve_request(
             )
         prompt, negative = known[options.style].apply(prompt, negative)
         prompt, negative = clean_text(prompt), clean_text(negative)
-    if count_tokens is not None:
-        for field, text in (("prompt", prompt), ("negative", negative)):
-            tokens = count_tokens(text)
-            if tokens > PROMPT_TOKEN_LIMIT:
-                # Cutting silently would drop the end of what the user asked for.
-                raise InvalidRequestError(
-                    field,
-                    f"is {tokens} tokens; the model reads at most {PROMPT_TOKEN_LIMIT}. "
-                    f"Shorten it by about {tokens - PROMPT_TOKEN_LIMIT} tokens (words)",
-                )
 
     if options.source is not None:
         width, height = _size_from_source(options, limits)
@@ -234,7 +221,7 @@ def resolve_request(
         _check_strength(options.source, steps)
 
     sampler = find_sampler(options.sampler or model.default_sampler).name
-    return GenerationRequest(
+    request = GenerationRequest(
         prompt=prompt,
         negative_prompt=negative,
         width=width,
@@ -247,6 +234,25 @@ def resolve_request(
         model=model.name,
         source=options.source,
     )
+    _check_loras(request, model, loras or {})
+    return request
+
+
+def _check_loras(
+    request: GenerationRequest, model: ModelInfo, known: Mapping[str, LoraSpec]
+) -> None:
+    """Every `<lora:…>` names a configured LoRA for this model's family, with a weight."""
+    for name, weight in request.loras:
+        if name not in known:
+            available = ", ".join(sorted(known)) or "none configured"
+            raise InvalidRequestError("lora", f"unknown LoRA {name!r}; available: {available}")
+        if not math.isfinite(weight):
+            raise InvalidRequestError("lora", f"{name}: the weight must be a number")
+        family = known[name].family
+        if family is not None and family != model.family:
+            raise InvalidRequestError(
+                "lora", f"{name} is a LoRA for {family} models; {model.name} is {model.family}"
+            )
 
 
 def _size_from_source(options: RequestOptions, limits: RequestLimits) -> tuple[int, int]:

@@ -149,6 +149,14 @@ class GenerationRequest:
     def operation(self) -> str:
         return "txt2img" if self.source is None else self.source.operation
 
+    @property
+    def loras(self) -> tuple[tuple[str, float], ...]:
+        """The `<lora:name:weight>` tags of both prompts, in order (the prompts keep them, as
+        typed, so the PNG's parameters show them as A1111 does)."""
+        from inference.prompt_syntax import extract_loras
+
+        return extract_loras(self.prompt) + extract_loras(self.negative_prompt)
+
     def seeds(self) -> tuple[int, ...]:
         """Image i uses seed + i, so any image of a grid can be reproduced alone."""
         return tuple(self.seed + i for i in range(self.count))
@@ -163,6 +171,7 @@ class GenerationRequest:
             self.sampler,
             self.guidance,
             self.source,  # one picture and operation per pipeline call
+            self.loras,  # one set of LoRA weights per pipeline call
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,21 @@ DISCORD_MAX_OPTION_CHARS = 6000  # Discord's cap on a string option's max_length
 # An attachment still downloading after this long is downloaded after acknowledging, so the
 # interaction never misses Discord's 3 s.
 ACK_BUDGET_S = 2.0
+
+
+_LORA_OPTION = re.compile(r"\s*([^:<>\s]+)\s*(?::\s*(-?\d+(?:\.\d+)?)\s*)?")
+
+
+def lora_tag(option: str) -> str:
+    """The `lora` option ("name" or "name:weight") as the prompt tag A1111 users write, so a
+    LoRA chosen either way is one thing from here on (and the PNG shows it as A1111 does)."""
+    match = _LORA_OPTION.fullmatch(option)
+    if match is None:
+        raise InvalidRequestError(
+            "lora", f"{option!r} is not a LoRA name, or name:weight (e.g. add_detail:0.6)"
+        )
+    name, weight = match.group(1), match.group(2) or "1"
+    return f"<lora:{name}:{weight}>"
 
 
 def configure_option(
@@ -85,6 +101,7 @@ class ImagineCog(commands.Cog):
         sampler="Sampling method",
         model="Which model to use",
         style="A style from this server's list (none: no style)",
+        lora="A LoRA, as name or name:weight (or <lora:name:weight> in the prompt)",
         count="How many images",  # the bound is added from settings in __init__
         image="Start from this picture (PNG, JPEG or WebP)",
         strength="With an image: how much to change it (0.05 a little - 1 all of it)",
@@ -106,6 +123,7 @@ class ImagineCog(commands.Cog):
         model: str | None = None,
         count: int | None = None,
         style: str | None = None,
+        lora: str | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
@@ -123,6 +141,8 @@ class ImagineCog(commands.Cog):
         }
         try:
             text, inline = parse_inline_flags(prompt)
+            if lora is not None:
+                text = f"{text} {lora_tag(lora)}"
             for field in inline:
                 if given.get(field) is not None:
                     option, flag = _OPTION_OF[field], flag_for(field)
@@ -173,6 +193,20 @@ class ImagineCog(commands.Cog):
             return await task
         finally:
             task.cancel()  # only when we were cancelled ourselves: a done task ignores it
+
+    @imagine.autocomplete("lora")
+    async def lora_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        typed = current.lower()
+        choices = []
+        for spec in self.bot.services.settings.lora_specs().values():
+            label = spec.name
+            if spec.triggers:
+                label += f" — triggers: {', '.join(spec.triggers)}"
+            if typed in label.lower():
+                choices.append(app_commands.Choice(name=label[:100], value=spec.name))
+        return choices[:25]
 
     @imagine.autocomplete("style")
     async def style_autocomplete(

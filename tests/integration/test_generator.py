@@ -126,7 +126,7 @@ def test_out_of_memory_retries_lighter_once(
     calls = []
 
     def flaky(self, *args, **kwargs):
-        calls.append(len(kwargs["prompt"]))
+        calls.append(len(kwargs["prompt_embeds"]))
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real_call(self, *args, **kwargs)

@@ -27,7 +27,7 @@ def settings_for(tmp_path: Path, **env: str) -> Settings:
 
 def submitter(settings: Settings) -> Submitter:
     # prepare_from_image only reads settings and the model catalog (no guild: no store).
-    return Submitter(settings, None, None, None, FakeGenerator(), None)  # type: ignore[arg-type]
+    return Submitter(settings, None, None, None, FakeGenerator())  # type: ignore[arg-type]
 
 
 def finished_job(folder: Path, count: int = 1, steps: int = 4, size: int = 64) -> JobRecord:

@@ -353,7 +353,7 @@ async def bot_pieces(
         limiter = RateLimiter(store, limit_policy(settings))
         async with queue:
             try:
-                yield Submitter(settings, store, queue, limiter, generator, None), gate
+                yield Submitter(settings, store, queue, limiter, generator), gate
             finally:
                 gate.set()
 

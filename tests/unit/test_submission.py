@@ -44,7 +44,7 @@ class Queue:
 def submitter(limiter: Limiter) -> Submitter:
     settings = SimpleNamespace(progress=SimpleNamespace(previews=False))
     store = SimpleNamespace(jobs=SimpleNamespace(create_job=lambda *args, **kwargs: None))
-    return Submitter(settings, store, Queue(), limiter, None, None)  # type: ignore[arg-type]
+    return Submitter(settings, store, Queue(), limiter, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("charge_fails", [True, False], ids=["charging", "recording"])
