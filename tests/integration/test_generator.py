@@ -146,3 +146,17 @@ def test_sdxl_tiny_generates(tiny_model_sdxl: TinyModel) -> None:
     assert info.family == "sdxl"
     [result] = generator.generate([request(model="xl", width=64, height=64)])
     assert pixels(result.images[0].png).std() > 0
+
+
+def test_clip_skip_reads_an_earlier_layer_and_says_so(tiny_model: TinyModel) -> None:
+    results = {}
+    for clip_skip in (None, 2):
+        spec = ModelSpec(
+            "tiny", str(tiny_model.single_file), config=tiny_model.folder, clip_skip=clip_skip
+        )
+        [result] = DiffusersGenerator({"tiny": spec}, RuntimeOptions()).generate([request()])
+        assert result is not None
+        results[clip_skip] = result.images[0].png
+    assert "Clip skip" not in (read_parameters(results[None]) or "")
+    assert "Clip skip: 2," in (read_parameters(results[2]) or "")
+    assert not np.array_equal(pixels(results[None]), pixels(results[2]))
