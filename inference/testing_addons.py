@@ -187,3 +187,59 @@ def tiny_lora_spec_toml(path: Path, family: ModelFamily, name: str = "tiny") -> 
         f"family = {json.dumps(family)}\n"
         'triggers = ["tiny"]\n'
     )
+
+
+# --- a random LoRA for any loaded pipeline (full-size benchmarks) --------------------------
+
+_RANDOM_UNET_TARGET = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
+_RANDOM_TEXT_TARGET = re.compile(r"\.self_attn\.(q|k|v|out)_proj$")
+
+
+def random_lora_state_dict(
+    pipe: object, *, rank: int = 8, seed: int = 0, strength: float = 0.3
+) -> dict[str, torch.Tensor]:
+    """The tensors of a random LoRA for `pipe`'s own UNet and text encoder(s) (see
+    `save_random_lora`), in diffusers' PEFT layout: `unet.<module>.lora_A.weight` (rank x in)
+    and `.lora_B.weight` (out x rank), likewise under `text_encoder.` and `text_encoder_2.`."""
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        pattern = _RANDOM_UNET_TARGET if component == "unet" else _RANDOM_TEXT_TARGET
+        layers: dict[str, tuple[int, int]] = {}
+        for name, layer in module.named_modules():
+            # A pipeline that already has LoRAs keeps each original Linear as `.base_layer`.
+            name = name.removesuffix(".base_layer")
+            if isinstance(layer, torch.nn.Linear) and pattern.search(name):
+                layers[name] = (layer.out_features, layer.in_features)
+        if not layers:
+            raise ValueError(f"{component} has no attention projections to adapt")
+        for name, (out_features, in_features) in sorted(layers.items()):
+            down = torch.randn(rank, in_features, generator=generator) / in_features**0.5
+            up = torch.randn(out_features, rank, generator=generator) * strength / rank**0.5
+            out[f"{component}.{name}.lora_A.weight"] = down
+            out[f"{component}.{name}.lora_B.weight"] = up
+    return out
+
+
+def save_random_lora(
+    pipe: object, path: Path, *, rank: int = 8, seed: int = 0, strength: float = 0.3
+) -> Path:
+    """Write a random LoRA for any loaded pipeline (tiny or full size, SD 1.x/2.x or SDXL) as a
+    `.safetensors` file that `load_lora_weights` (and so `AddOns`) reads.
+
+    It adapts the attention projections the pipeline itself has: the UNet's `attn1`/`attn2`
+    `to_q`/`to_k`/`to_v`/`to_out.0` and each text encoder's `self_attn` `q/k/v/out_proj`, with
+    the shapes read from its modules (PEFT layout, float32). `strength` scales the random
+    up-projections (how far the LoRA moves the image); the same seed gives the same file.
+    The family is recognised from the keys (cross-attention width, a second text encoder).
+    """
+    from safetensors.torch import save_file
+
+    tensors = random_lora_state_dict(pipe, rank=rank, seed=seed, strength=strength)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    return path

@@ -18,7 +18,13 @@ from inference.errors import CheckpointError, InvalidRequestError, UnsafeCheckpo
 from inference.loras import AddOns, inspect_lora, lora_hash
 from inference.models import load_pipeline
 from inference.testing import TinyModel
-from inference.testing_addons import save_tiny_embedding, save_tiny_lora, tiny_lora_state_dict
+from inference.testing_addons import (
+    random_lora_state_dict,
+    save_random_lora,
+    save_tiny_embedding,
+    save_tiny_lora,
+    tiny_lora_state_dict,
+)
 from inference.types import EmbeddingSpec, LoraSpec, ModelFamily, ModelSpec
 
 PROMPT = "a lighthouse at dusk"
@@ -406,3 +412,27 @@ def test_loras_and_embeddings_together(sdxl: Setup) -> None:
     addons.apply([])
     assert differ(both, image(addons.pipe, f"{PROMPT}, tinyemb"))
     assert same(image(addons.pipe), image(sdxl.fresh))
+
+
+def test_a_random_lora_made_from_a_loaded_pipeline_loads_and_changes_the_image(
+    setup: Setup, tmp_path: Path
+) -> None:
+    pipe = setup.pipeline()
+    path = save_random_lora(pipe, tmp_path / "random.safetensors", rank=4, seed=3)
+    keys = random_lora_state_dict(pipe, rank=4, seed=3)
+    components = {key.split(".", 1)[0] for key in keys}
+    expected = {"unet", "text_encoder"} | ({"text_encoder_2"} if setup.family == "sdxl" else set())
+    assert components == expected
+    addons = AddOns(pipe, setup.family, {"random": LoraSpec("random", str(path))}, model="tiny")
+    addons.apply([("random", 1.0)])
+    # Every adapted projection became a LoRA layer: nothing in the file was ignored.
+    adapted = sum(
+        1
+        for component in expected
+        for module in getattr(pipe, component).modules()
+        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict) and module.lora_A
+    )
+    assert adapted == len(keys) // 2
+    assert differ(image(pipe), image(setup.fresh))
+    addons.apply([])
+    assert same(image(pipe), image(setup.fresh))
