@@ -42,7 +42,7 @@ _OPTION_OF = {
 DISCORD_MAX_OPTION_CHARS = 6000  # Discord's cap on a string option's max_length
 # An attachment still downloading after this long is downloaded after acknowledging, so the
 # interaction never misses Discord's 3 s.
-ACK_BUDGET_S = 2.0
+ACK_BUDGET_S = 1.5
 
 
 _LORA_OPTION = re.compile(r"\s*([^:<>\s]+)\s*(?::\s*(-?\d+(?:\.\d+)?)\s*)?")
