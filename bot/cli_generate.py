@@ -107,7 +107,7 @@ def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path
     if image is None:
         if strength is not None:
             raise InvalidRequestError("strength", "needs --image (the picture to start from)")
-        return run_request(generator, options, settings, args)
+        return run_request(generator, options, settings, args.out, no_progress=args.no_progress)
     data = read_input_file(image)
     with saved_source(
         data,
@@ -115,16 +115,25 @@ def generate_to_files(args: argparse.Namespace, settings: Settings) -> list[Path
         operation="img2img",
         strength=settings.images.image_strength if strength is None else strength,
     ) as source:
-        return run_request(generator, dataclasses.replace(options, source=source), settings, args)
+        return run_request(
+            generator,
+            dataclasses.replace(options, source=source),
+            settings,
+            args.out,
+            no_progress=args.no_progress,
+        )
 
 
 def run_request(
     generator: DiffusersGenerator,
     options: RequestOptions,
     settings: Settings,
-    args: argparse.Namespace,
+    out: Path,
+    *,
+    no_progress: bool,
 ) -> list[Path]:
-    """Resolve, run with a progress bar, and write the images to `args.out`."""
+    """Resolve as the bot does (limits, styles, LoRAs), run with a progress bar, and write
+    the images to `out`."""
     info = generator.model_info(options.model or settings.default_model)
     request = resolve_request(
         options,
@@ -133,7 +142,7 @@ def run_request(
         styles=settings.style_specs(),
         loras=settings.lora_specs(),
     )
-    return write_results(generator, request, args.out, no_progress=args.no_progress)
+    return write_results(generator, request, out, no_progress=no_progress)
 
 
 def write_results(

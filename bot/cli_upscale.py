@@ -14,11 +14,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bot.cli_generate import make_generator, read_input_file, saved_source, write_results
+from bot.cli_generate import make_generator, read_input_file, run_request, saved_source
 from bot.settings import Settings
 from inference.a1111_params import ParsedParameters, read_png_parameters
 from inference.errors import InvalidRequestError
-from inference.requests import RequestOptions, resolve_request
+from inference.requests import RequestOptions
 from inference.samplers import find_sampler
 
 
@@ -85,7 +85,6 @@ def upscale_to_file(args: argparse.Namespace, settings: Settings) -> list[Path]:
     scale = settings.images.upscale_factor if args.scale is None else args.scale
     strength = settings.images.upscale_strength if args.strength is None else args.strength
     generator = make_generator(settings)
-    info = generator.model_info(options.model or settings.default_model)
     out = args.out or default_out(args.image, scale)
     with saved_source(
         data,
@@ -96,11 +95,4 @@ def upscale_to_file(args: argparse.Namespace, settings: Settings) -> list[Path]:
         upscaler=settings.images.upscaler or None,
     ) as source:
         options = dataclasses.replace(options, source=source)
-        request = resolve_request(
-            options,
-            info,
-            settings.limits,
-            styles=settings.style_specs(),
-            loras=settings.lora_specs(),
-        )
-        return write_results(generator, request, out, no_progress=args.no_progress)
+        return run_request(generator, options, settings, out, no_progress=args.no_progress)

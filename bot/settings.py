@@ -218,7 +218,8 @@ class ImagesConfig(_Section):
     max_attachment_bytes: StrictInt = Field(ge=1024)
 
 
-def _upscaler_entry(value: Any) -> Any:
+def _named_source(value: Any) -> Any:
+    """A [[models]], [[upscalers]], [[loras]] or [[embeddings]] entry names something."""
     if isinstance(value, Mapping):
         for key in ("name", "source"):
             if isinstance(value.get(key), str) and not value[key].strip():
@@ -226,33 +227,16 @@ def _upscaler_entry(value: Any) -> Any:
     return value
 
 
-def _locate_upscaler(spec: UpscalerSpec) -> UpscalerSpec:
-    path = Path(spec.source).expanduser()
-    return dataclasses.replace(spec, source=str(_from_base(path)))
-
-
-# An [[upscalers]] entry is an inference.types.UpscalerSpec: name and source (a local file).
-UpscalerEntry = Annotated[
-    UpscalerSpec, BeforeValidator(_upscaler_entry), AfterValidator(_locate_upscaler)
-]
-
-
-def _addon_entry(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        for key in ("name", "source"):
-            if isinstance(value.get(key), str) and not value[key].strip():
-                raise ValueError(f"{key} must not be empty")
-    return value
-
-
-def _locate_addon(spec: LoraSpec | EmbeddingSpec) -> Any:
+def _local_file(spec: Any) -> Any:
+    """The entry with its `source` relative to the config file's folder (a local file)."""
     return dataclasses.replace(spec, source=str(_from_base(Path(spec.source))))
 
 
-# [[loras]] and [[embeddings]] entries: inference.types.LoraSpec / EmbeddingSpec, local files.
-LoraEntry = Annotated[LoraSpec, BeforeValidator(_addon_entry), AfterValidator(_locate_addon)]
+# Entries that are inference.types dataclasses naming a local file; their fields are the keys.
+UpscalerEntry = Annotated[UpscalerSpec, BeforeValidator(_named_source), AfterValidator(_local_file)]
+LoraEntry = Annotated[LoraSpec, BeforeValidator(_named_source), AfterValidator(_local_file)]
 EmbeddingEntry = Annotated[
-    EmbeddingSpec, BeforeValidator(_addon_entry), AfterValidator(_locate_addon)
+    EmbeddingSpec, BeforeValidator(_named_source), AfterValidator(_local_file)
 ]
 
 
@@ -274,10 +258,8 @@ class LoggingConfig(_Section):
 
 
 def _model_entry(value: Any) -> Any:
+    value = _named_source(value)
     if isinstance(value, Mapping):
-        for key in ("name", "source"):
-            if isinstance(value.get(key), str) and not value[key].strip():
-                raise ValueError(f"{key} must not be empty")
         if value.get("config") == "":
             value = {k: v for k, v in value.items() if k != "config"}
         clip_skip = value.get("clip_skip")

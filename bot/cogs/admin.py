@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import has_rights
-from bot.cogs.imagine import configure_option
+from bot.cogs.imagine import configure_option, style_choices
 from bot.errors import UserFacingError
 from bot.store import GuildSettings
 from inference.errors import InvalidRequestError
@@ -160,10 +160,7 @@ class AdminCog(commands.Cog):
     async def style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = [*self.bot.services.settings.style_specs(), NO_STYLE]
-        return [
-            app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()
-        ][:25]
+        return style_choices(self.bot.services.settings, current)
 
 
 def describe(settings: GuildSettings) -> str:

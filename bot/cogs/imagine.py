@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -25,6 +26,7 @@ from inference.types import ImageSource
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
+    from bot.settings import Settings
 
 # RequestOptions field -> this command's option, for errors in the words users typed (the
 # inline flag's spelling comes from bot/flags.py, which owns the flags).
@@ -46,6 +48,25 @@ ACK_BUDGET_S = 1.5
 
 
 _LORA_OPTION = re.compile(r"\s*([^:<>\s]+)\s*(?::\s*(-?\d+(?:\.\d+)?)\s*)?")
+
+
+def choices_matching(
+    current: str, options: Iterable[tuple[str, str]]
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete: the (label, value) pairs whose label holds what was typed, within
+    Discord's 25 choices and 100 characters a label."""
+    typed = current.lower()
+    matching = (
+        app_commands.Choice(name=label[:100], value=value)
+        for label, value in options
+        if typed in label.lower()
+    )
+    return list(itertools.islice(matching, 25))
+
+
+def style_choices(settings: Settings, current: str) -> list[app_commands.Choice[str]]:
+    """The configured styles and "none" (no style), for /imagine and /imagine-admin style."""
+    return choices_matching(current, ((n, n) for n in [*settings.style_specs(), NO_STYLE]))
 
 
 def lora_tag(option: str) -> str:
@@ -198,24 +219,20 @@ class ImagineCog(commands.Cog):
     async def lora_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        typed = current.lower()
-        choices = []
-        for spec in self.bot.services.settings.lora_specs().values():
-            label = spec.name
-            if spec.triggers:
-                label += f" — triggers: {', '.join(spec.triggers)}"
-            if typed in label.lower():
-                choices.append(app_commands.Choice(name=label[:100], value=spec.name))
-        return choices[:25]
+        specs = self.bot.services.settings.lora_specs().values()
+        return choices_matching(
+            current,
+            (
+                (f"{s.name} — triggers: {', '.join(s.triggers)}" if s.triggers else s.name, s.name)
+                for s in specs
+            ),
+        )
 
     @imagine.autocomplete("style")
     async def style_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = [*self.bot.services.settings.style_specs(), NO_STYLE]
-        return [
-            app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()
-        ][:25]
+        return style_choices(self.bot.services.settings, current)
 
     @imagine.autocomplete("model")
     async def model_autocomplete(
@@ -223,7 +240,6 @@ class ImagineCog(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         models = self.bot.services.settings.models
         inpainting = {m.inpainting for m in models}  # for zoom out only, not for /imagine
-        names = [m.name for m in models if m.name not in inpainting]
-        return [
-            app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()
-        ][:25]
+        return choices_matching(
+            current, ((m.name, m.name) for m in models if m.name not in inpainting)
+        )

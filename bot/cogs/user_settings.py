@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import user_message
+from bot.render import clip
 from bot.store import UserDefaults
 from inference.errors import InvalidRequestError
 from inference.requests import ASPECT_CHOICES, NO_STYLE
@@ -44,7 +45,7 @@ def describe(defaults: UserDefaults) -> str:
     def shown(value: object) -> str:
         return "—" if value is None else f"`{value}`"
 
-    return (
+    return clip(  # names come from the config: keep the message within Discord's 2,000
         "**Your defaults for /imagine** (what you type in a command always wins; — means the "
         "model's or the server's default)\n"
         f"Model {shown(defaults.model)} · Aspect {shown(defaults.aspect_ratio)} · "

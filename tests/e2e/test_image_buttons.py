@@ -334,3 +334,22 @@ async def test_a_slow_download_is_acknowledged_in_time_and_a_bad_one_refused_pri
     assert "PNG, JPEG or WebP" in text
     assert bad.ack_latency is not None and bad.ack_latency < 3.0
     assert bad.original is not None and bad.original.deleted  # no public "thinking…" left
+
+
+async def test_a_failing_cdn_gets_a_private_try_again(fake: FakeDiscord, bot: BotProcess) -> None:
+    """Discord's CDN answers 503 (and then 429): no job, no public message, a clear reply."""
+    user = fake.add_user("cdn-down")
+    before = public_messages(fake)
+    for status in (503, 429):
+        fake.fail_requests("GET", r"attachments/", status=status, count=None)
+        try:
+            handle = fake.invoke_slash(
+                "imagine",
+                {"prompt": "a cat", "image": fake.attachment("c.png", png_bytes((64, 64)))},
+                user=user,
+            )
+            text = await refusal(handle, fake)
+        finally:
+            fake.clear_faults()
+        assert "could not download your image" in text, text
+    assert public_messages(fake) == before

@@ -27,20 +27,6 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64² PNG with structure everywhere (two gradients and a square)."""
-    ramp = np.linspace(0, 255, SIZE)
-    pixels = np.stack(
-        [np.tile(ramp, (SIZE, 1)), np.tile(ramp[:, None], (1, SIZE)), np.full((SIZE, SIZE), 90)],
-        axis=-1,
-    ).astype(np.uint8)
-    pixels[20:44, 20:44] = (240, 240, 20)
-    path = tmp_path_factory.mktemp("pictures") / "source.png"
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def upscaler_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         import_spandrel_for_tests()

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -23,6 +22,7 @@ from inference.models import inspect_model, load_pipeline
 from inference.requests import RequestOptions, resolve_request
 from inference.testing import TinyModel, save_tiny_model
 from inference.types import GenerationRequest, ImageSource, ModelSpec
+from tests.integration.test_models import assert_same_weights
 
 SIZE = 64
 _WEIGHT_FILES = {
@@ -42,32 +42,6 @@ def inpainting_sd1(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 @pytest.fixture(scope="module")
 def inpainting_sdxl(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return save_tiny_model(tmp_path_factory.mktemp("inpaint-sdxl"), "sdxl", 1, inpainting=True)
-
-
-@pytest.fixture(scope="module")
-def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ramp = np.linspace(0, 255, SIZE)
-    pixels = np.stack(
-        [np.tile(ramp, (SIZE, 1)), np.tile(ramp[:, None], (1, SIZE)), np.full((SIZE, SIZE), 90)],
-        axis=-1,
-    ).astype(np.uint8)
-    pixels[20:44, 20:44] = (240, 240, 20)
-    path = tmp_path_factory.mktemp("pictures") / "source.png"
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def assert_weights_from(pipe: Any, tiny: TinyModel) -> None:
-    """Every tensor of every network equals what was saved, and there is nothing else."""
-    components = ["unet", "vae", "text_encoder"]
-    if tiny.family == "sdxl":
-        components.append("text_encoder_2")
-    for component in components:
-        saved = load_file(tiny.folder / _WEIGHT_FILES[component])
-        loaded = getattr(pipe, component).state_dict()
-        assert set(loaded) == set(saved), component
-        for key, tensor in saved.items():
-            assert torch.equal(loaded[key], tensor), f"{component}.{key}"
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -98,7 +72,7 @@ def test_folder_loads_with_nine_channels(inpainting_sd1: TinyModel) -> None:
     assert inspect_model(spec).inpainting is True
     pipe = load_pipeline(spec)
     assert pipe.unet.config.in_channels == 9
-    assert_weights_from(pipe, inpainting_sd1)
+    assert_same_weights(pipe, inpainting_sd1)
 
 
 @pytest.mark.parametrize("architecture", ["own", "text-to-image"])
@@ -114,7 +88,7 @@ def test_single_file_loads_with_nine_channels(
     pipe = load_pipeline(spec)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert pipe.unet.config.in_channels == 9
-    assert_weights_from(pipe, inpainting_sd1)
+    assert_same_weights(pipe, inpainting_sd1)
 
 
 def test_sdxl_single_file_inpainting_loads(
@@ -124,7 +98,7 @@ def test_sdxl_single_file_inpainting_loads(
     assert inspect_model(spec).inpainting is True
     pipe = load_pipeline(spec)
     assert pipe.unet.config.in_channels == 9
-    assert_weights_from(pipe, inpainting_sdxl)
+    assert_same_weights(pipe, inpainting_sdxl)
 
 
 def test_text_to_image_models_are_not_inpainting(tiny_model: TinyModel) -> None:
