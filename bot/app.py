@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from contextlib import AsyncExitStack
@@ -11,11 +12,12 @@ from contextlib import AsyncExitStack
 from bot.client import ImagineBot, Services, point_discord_at
 from bot.limits import LimitPolicy, RateLimiter
 from bot.settings import Settings
-from bot.startup import prepare_data_dir
+from bot.startup import StartupError, prepare_data_dir
 from bot.store import Store
 from bot.submission import Submitter
 from inference.generator import DiffusersGenerator
 from inference.queue import JobQueue, QueueSettings
+from inference.workers import LocalWorker, Worker, local_workers
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +50,62 @@ def queue_settings(settings: Settings) -> QueueSettings:
     )
 
 
+def generator_factory(settings: Settings) -> functools.partial[DiffusersGenerator]:
+    """A DiffusersGenerator for the configured models; call it with `options=` (picklable:
+    a Ray actor builds its own from it)."""
+    return functools.partial(
+        DiffusersGenerator,
+        models=settings.model_specs(),
+        upscalers=settings.upscaler_specs(),
+        loras=settings.lora_specs(),
+        embeddings=settings.embedding_specs(),
+    )
+
+
+async def start_workers(
+    settings: Settings, generator: DiffusersGenerator, stack: AsyncExitStack
+) -> list[Worker]:
+    """The queue's workers, as [workers] says. `generator` (the bot's own, for model checks)
+    is the single local worker's too: one copy of the models, as before there were pools."""
+    config = settings.workers
+    factory = generator_factory(settings)
+    if config.backend == "local":
+        if config.count == 1:
+            return [LocalWorker(generator)]
+        try:
+            return list(local_workers(factory, settings.runtime, config.count))
+        except ValueError as error:
+            raise StartupError(str(error)) from None
+
+    from inference.ray_workers import RayCluster, ray_workers
+
+    cluster = RayCluster(config.ray_address)
+    try:
+        await cluster.connect(config.count)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    except Exception as error:
+        where = f"at {config.ray_address}" if config.ray_address else "on this machine"
+        raise StartupError(
+            f"cannot start Ray {where} ({type(error).__name__}: {error}); check "
+            "workers.ray_address and that `ray status` works on this machine"
+        ) from None
+    stack.push_async_callback(cluster.close)  # after the queue (and its workers) closed
+    gpus = None if config.gpus_per_worker == "auto" else float(config.gpus_per_worker)
+    return list(
+        ray_workers(
+            functools.partial(factory, options=settings.runtime),
+            config.count,
+            cluster.placement(gpus),
+        )
+    )
+
+
 async def run_bot(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM or the gateway closes; then shut down cleanly."""
     point_discord_at(settings.discord.api_base, settings.discord.gateway_url)
     prepare_data_dir(settings.data_dir)  # 0700, files 0600 (umask 077)
-    generator = DiffusersGenerator(
-        settings.model_specs(),
-        settings.runtime,
-        settings.upscaler_specs(),
-        loras=settings.lora_specs(),
-        embeddings=settings.embedding_specs(),
-    )
+    generator = generator_factory(settings)(options=settings.runtime)
     # Fail at start, with the model named, rather than on somebody's first /imagine.
     for spec in settings.models:
         info = generator.model_info(spec.name)
@@ -76,7 +123,8 @@ async def run_bot(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         store = await Store.open(settings.database)
         stack.push_async_callback(store.close)
-        queue = JobQueue(generator, store.jobs, queue_settings(settings))
+        workers = await start_workers(settings, generator, stack)
+        queue = JobQueue(workers, store.jobs, queue_settings(settings))
         # Imports, tokenizer and the default model load before Discord is connected: the
         # first interaction after a start must be answered within 3 s like any other.
         started = loop.time()

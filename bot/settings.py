@@ -127,6 +127,9 @@ class DiscordSettings(_Section):
     gateway_url: StrictStr
     guild_ids: tuple[DiscordId, ...]  # sync commands to these guilds at once; empty: global
     moderator_role_ids: frozenset[DiscordId]
+    # "off": one gateway connection; "auto" (Discord's recommended count) or a number: sharded
+    # with discord.py's AutoShardedClient, which Discord requires past 2,500 servers.
+    shards: Literal["off", "auto"] | Annotated[StrictInt, Field(ge=1)]
     # Never from a file or IMAGINE_BOT__: only DISCORD_TOKEN or the token file (_TokenSource).
     token: SecretStr = SecretStr("")
 
@@ -183,6 +186,16 @@ class QueueConfig(_Section):
     max_batch_images: StrictInt = Field(ge=1)
     batching: StrictBool
     resume_after_restart: StrictBool
+
+
+class WorkersConfig(_Section):
+    """[workers]: where the queue runs its batches (inference/workers.py, ray_workers.py)."""
+
+    backend: Literal["local", "ray"]
+    count: StrictInt = Field(ge=1, le=256)
+    # Empty: the bot starts a private Ray instance; "auto" or "ray://host:10001": join one.
+    ray_address: StrictStr
+    gpus_per_worker: Literal["auto"] | Annotated[StrictFloat, Field(ge=0)]
 
 
 class RateConfig(_Section):
@@ -296,6 +309,7 @@ class Settings(BaseSettings):
     models: tuple[ModelEntry, ...]
     request_limits: LimitsConfig = Field(alias="limits")  # `limits` is the RequestLimits
     queue: QueueConfig
+    workers: WorkersConfig
     rate: RateConfig = Field(alias="rate_limits")
     progress: ProgressConfig
     delivery: DeliveryConfig

@@ -26,6 +26,9 @@ class WaitingJob:
     batch_key: Hashable
     images: int
     sequence: int  # arrival order; lower is older
+    # Back in line after its worker died mid-batch: it runs before everything else, as it
+    # had already had its turn (once; a second loss fails it, see queue.py).
+    front: bool = False
 
 
 def fair_order(
@@ -34,8 +37,13 @@ def fair_order(
     loaded_model: str | None,
 ) -> list[WaitingJob]:
     by_user: dict[int, list[WaitingJob]] = defaultdict(list)
+    order: list[WaitingJob] = []
     for job in waiting:
-        by_user[job.user_id].append(job)
+        if job.front:
+            order.append(job)
+        else:
+            by_user[job.user_id].append(job)
+    order.sort(key=lambda job: job.sequence)
     rounds: dict[int, list[WaitingJob]] = defaultdict(list)
     for user_id, jobs in by_user.items():
         jobs.sort(key=lambda job: job.sequence)
@@ -43,7 +51,6 @@ def fair_order(
         for k, job in enumerate(jobs):
             rounds[k + offset].append(job)
 
-    order: list[WaitingJob] = []
     current_model = loaded_model
     for round_number in sorted(rounds):
         groups: dict[str, list[WaitingJob]] = defaultdict(list)

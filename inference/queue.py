@@ -1,9 +1,10 @@
-"""The asyncio front door (`submit`) and the one worker that runs jobs on the GPU.
+"""The asyncio front door (`submit`) and the dispatcher that hands batches to the workers.
 
-One worker task takes batches in fair order (see fairness.py) and runs each on a single
-dedicated thread that owns the pipelines, so the event loop (and Discord's heartbeats) never
-waits on the GPU. The journal (the SQLite store) is the truth about jobs; the structures here
-are a cache of it, rebuilt by `start()` after a crash.
+Whenever a worker is idle, the dispatcher gives it the next batch in fair order (see
+fairness.py), preferring within a round a model that worker already has loaded. Workers
+(workers.py: a dedicated thread, or a Ray actor) run the pipelines away from the event loop,
+so Discord's heartbeats never wait on a GPU. The journal (the SQLite store) is the truth about
+jobs; the structures here are a cache of it, rebuilt by `start()` after a crash.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
+import heapq
 import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.errors import (
@@ -34,10 +34,12 @@ from inference.eta import SpeedModel
 from inference.fairness import WaitingJob, fair_order, next_batch, record_turns
 from inference.jobs import JobJournal, JobOutcome, JobRecord, JobState, Owner, StoredImage
 from inference.types import GenerationRequest, GenerationResult, ImageGenerator, Progress
+from inference.workers import LocalWorker, Worker, WorkerLostError
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 0.1  # progress events handed to the event loop at most this often
+MAX_WORKER_LOSSES = 2  # a job whose worker died this often fails instead of running again
+REPLACE_RETRY_S = 5.0  # first pause before trying again to replace a lost worker
 
 # Records a new job in the journal and returns its id. The default is the journal's own
 # create_job; a caller passes its own to store more with the job in the same transaction
@@ -75,6 +77,7 @@ class JobHandle:
         self.wants_previews = True
         self.recovered = False  # rebuilt from the journal after a restart
         self.cancel_requested = False  # read by the worker thread between steps
+        self.worker_losses = 0  # workers that died running it (queue.MAX_WORKER_LOSSES)
         self._version = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
@@ -146,39 +149,59 @@ class JobHandle:
         self._touch()
 
 
+@dataclass(eq=False)
+class _Slot:
+    """One worker and what it is doing: the queue's own bookkeeping, on the event loop."""
+
+    worker: Worker
+    running: list[JobHandle] = field(default_factory=list)
+    started: float = 0.0
+    estimate: float | None = None  # of the running batch; None before speeds are known
+    loaded_model: str | None = None  # the model of its last batch: what it has loaded
+    task: asyncio.Task[None] | None = None  # running a batch, or replacing a lost worker
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None
+
+
 class JobQueue:
-    """`submit(request, owner) -> JobHandle`: the interface a distributed backend would keep."""
+    """`submit(request, owner) -> JobHandle`; batches run on a pool of workers (workers.py).
+
+    `workers`: the pool, or one ImageGenerator to run on a single local worker thread."""
 
     def __init__(
         self,
-        generator: ImageGenerator,
+        workers: ImageGenerator | Sequence[Worker],
         journal: JobJournal,
         settings: QueueSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.generator = generator
+        if isinstance(workers, Sequence):
+            if not workers:
+                raise ValueError("a queue needs at least one worker")
+            self.workers: list[Worker] = list(workers)
+        else:
+            self.workers = [LocalWorker(workers)]
         self.journal = journal
         self.settings = settings
         self.speed = SpeedModel()
         self._clock = clock
+        self._slots = [_Slot(worker) for worker in self.workers]
         self._handles: dict[int, JobHandle] = {}
         self._waiting: dict[int, WaitingJob] = {}
-        self._running: list[JobHandle] = []
-        self._running_started = 0.0
-        self._running_estimate: float | None = None
         self._turns: dict[int, int] = {}  # turns had, relative to the least-served waiting user
-        self._last_model: str | None = None
+        self._last_model: str | None = None  # of the batch started last: orders the positions
         self._sequence = 0
         self._order: list[WaitingJob] | None = None
         self._places: dict[int, int] = {}  # job id -> 1-based place in _order
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()  # set by close(): ends waits that must not outlast it
         self._submit_lock = asyncio.Lock()
         self._closing = False
         self._closed = False
-        self._worker: asyncio.Task[None] | None = None
-        # One thread owns every pipeline: diffusers pipelines are not thread-safe.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
+        self._dispatcher: asyncio.Task[None] | None = None
         self.recovered: list[JobHandle] = []
         # Set while the output folder cannot be written (disk full, read-only): new jobs are
         # refused with the same message until a probe write succeeds again.
@@ -187,18 +210,18 @@ class JobQueue:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, *, warm_up_model: str | None = None) -> None:
-        """Rebuild the queue from the journal, then start the worker.
+        """Start the workers, rebuild the queue from the journal, then start dispatching.
 
-        `warm_up_model`: load it on the worker's thread first (imports included), so the
-        first jobs, and the event loop that shares the GIL with loading, are not slowed."""
+        `warm_up_model`: each worker loads it first (imports included), so the first jobs,
+        and the event loop that shares the GIL with loading, are not slowed."""
         self.settings.output_dir.mkdir(parents=True, exist_ok=True)
-        if warm_up_model is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.generator.warm_up, warm_up_model)
+        await asyncio.gather(*(worker.start(warm_up_model) for worker in self.workers))
+        for slot in self._slots:
+            slot.loaded_model = warm_up_model
         for record in await self.journal.unfinished_jobs():
             await self._recover(record)
-        self._worker = asyncio.create_task(self._work(), name="queue-worker")
-        self._worker.add_done_callback(self._log_task_failure)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="queue-dispatcher")
+        self._dispatcher.add_done_callback(_log_task_failure)
 
     async def _recover(self, record: JobRecord) -> None:
         if not self.settings.resume_after_restart:
@@ -214,23 +237,26 @@ class JobQueue:
         logger.info("job %d: resumed after restart", record.id)
 
     async def close(self, grace_s: float = 30.0) -> None:
-        """Stop taking work; a running batch stops at its next step and goes back in line.
+        """Stop taking work; running batches stop at their next step and go back in line.
 
-        Waiting jobs stay queued in the journal and run after the next start. Idempotent.
+        Waiting jobs stay queued in the journal and run after the next start. The workers
+        are closed last. Idempotent.
         """
         if self._closed:
             return
         self._closed = True
         self._closing = True
+        self._stopping.set()
         self._wake.set()
-        if self._worker is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), timeout=grace_s)
-            except TimeoutError:  # e.g. stuck loading a model: between steps never came
-                self._worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._worker
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._dispatcher is not None:
+            await self._dispatcher
+        tasks = [slot.task for slot in self._slots if slot.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace_s)
+            for task in late:  # e.g. stuck loading a model: between steps never came
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await asyncio.gather(*(worker.close() for worker in self.workers))
 
     async def __aenter__(self) -> JobQueue:
         await self.start()
@@ -303,7 +329,14 @@ class JobQueue:
         )
 
     def __len__(self) -> int:
-        return len(self._waiting) + len(self._running)
+        return len(self._waiting) + sum(len(slot.running) for slot in self._slots)
+
+    def running_on(self, job_id: int) -> str | None:
+        """The name of the worker running the job; None if it is not running."""
+        for slot in self._slots:
+            if any(handle.job_id == job_id for handle in slot.running):
+                return slot.worker.name
+        return None
 
     # --- positions and ETAs ----------------------------------------------------------------
 
@@ -318,43 +351,50 @@ class JobQueue:
         handle = self._handles.get(job_id)
         if handle is None or handle.done():
             return -1
-        if handle in self._running:
+        if handle.state is JobState.RUNNING:
             return 0
         self._current_order()
         return self._places.get(job_id, -1)
 
     def eta(self, job_id: int) -> float | None:
-        """Remaining time of the running batch plus every job ahead, plus this one."""
+        """When the job should be done: each job ahead goes to the worker that frees first.
+
+        With one worker: the running batch's remaining time plus every job ahead, plus this
+        one. None until the speeds it needs were measured."""
         handle = self._handles.get(job_id)
         if handle is None or handle.done():
             return None
-        remaining = self._running_remaining()
-        if handle in self._running:
-            return remaining
-        if remaining is None and self._running:
+        for slot in self._slots:
+            if handle in slot.running:
+                return self._remaining(slot)
+        free_at = [self._remaining(slot) for slot in self._slots]
+        if None in free_at:
             return None
-        total = remaining or 0.0
+        heap = [t for t in free_at if t is not None]
+        heapq.heapify(heap)
         for job in self._current_order():
             estimate = self.speed.estimate(self._handles[job.job_id].request)
             if estimate is None:
                 return None
-            total += estimate
+            finish = heapq.heappop(heap) + estimate
             if job.job_id == job_id:
-                return total
+                return finish
+            heapq.heappush(heap, finish)
         return None
 
-    def _running_remaining(self) -> float | None:
-        if not self._running:
+    def _remaining(self, slot: _Slot) -> float | None:
+        if not slot.running:
             return 0.0
-        if self._running_estimate is None:
+        if slot.estimate is None:
             return None
-        elapsed = self._clock() - self._running_started
-        return max(0.0, self._running_estimate - elapsed)
+        return max(0.0, slot.estimate - (self._clock() - slot.started))
 
-    # --- the worker ------------------------------------------------------------------------
+    # --- dispatching -----------------------------------------------------------------------
 
-    def _enqueue(self, job_id: int, owner: Owner, request: GenerationRequest) -> JobHandle:
-        handle = JobHandle(self, job_id, owner, request)
+    def _enqueue(
+        self, job_id: int, owner: Owner, request: GenerationRequest, *, front: bool = False
+    ) -> JobHandle:
+        handle = self._handles.get(job_id) or JobHandle(self, job_id, owner, request)
         self._handles[job_id] = handle
         self._sequence += 1
         self._waiting[job_id] = WaitingJob(
@@ -364,107 +404,123 @@ class JobQueue:
             batch_key=request.batch_key(),
             images=request.count,
             sequence=self._sequence,
+            front=front,
         )
         self._order = None
         self._wake.set()
         return handle
 
-    def _take_batch(self) -> list[JobHandle]:
-        order = self._current_order()
+    async def _dispatch(self) -> None:
+        """Hand the next batch in fair order to each idle worker, until closing."""
+        while not self._closing:
+            idle = [slot for slot in self._slots if slot.idle]
+            if not self._waiting or not idle:
+                if not self._waiting and all(slot.idle for slot in self._slots):
+                    self._turns.clear()  # idle: the next rounds start even
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            slot, batch = self._take_batch(idle)
+            slot.task = asyncio.create_task(
+                self._run_on(slot, batch), name=f"batch-on-{slot.worker.name}"
+            )
+            slot.task.add_done_callback(_log_task_failure)
+
+    def _take_batch(self, idle: list[_Slot]) -> tuple[_Slot, list[JobHandle]]:
+        """The idle worker to use and its batch: the fair order's next batch, preferring (only
+        within its round) a model the worker has loaded, and a worker with the next batch's
+        model loaded over one that would have to load it."""
+        choice: tuple[int, _Slot, list[WaitingJob]] | None = None
+        for slot in idle:
+            order = fair_order(self._waiting.values(), self._turns, slot.loaded_model)
+            rank = 0 if order[0].model == slot.loaded_model else 1 if not slot.loaded_model else 2
+            if choice is None or rank < choice[0]:
+                choice = (rank, slot, order)
+        assert choice is not None  # `idle` is never empty
+        _, slot, order = choice
         limit = self.settings.max_batch_images if self.settings.batching else 0
         batch = next_batch(order, limit) if self.settings.batching else order[:1]
         for job in batch:
             del self._waiting[job.job_id]
         waiting_users = {job.user_id for job in self._waiting.values()}
-        self._turns = record_turns(self._turns, (job.user_id for job in batch), waiting_users)
+        served = (job.user_id for job in batch if not job.front)  # a retry had its turn
+        self._turns = record_turns(self._turns, served, waiting_users)
         for job in self._waiting.values():
             self._handles[job.job_id]._touch()  # everyone moved up: positions and ETAs changed
         self._order = None
-        return [self._handles[job.job_id] for job in batch]
+        self._last_model = batch[0].model
+        return slot, [self._handles[job.job_id] for job in batch]
 
-    async def _work(self) -> None:
-        while not self._closing:
-            if not self._waiting:
-                self._turns.clear()  # idle: the next rounds start even
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._take_batch()
-            try:
-                await self._run_batch(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the worker must outlive any one job's failure
-                ids = [h.job_id for h in batch]
-                logger.exception("jobs %s: bookkeeping failed after generation", ids)
-                for handle in batch:
-                    if not handle.done():
-                        await self._fail(
-                            handle,
-                            GenerationFailedError(f"generation failed (job {handle.job_id})"),
-                        )
-            finally:
-                self._running = []
+    async def _run_on(self, slot: _Slot, batch: list[JobHandle]) -> None:
+        try:
+            await self._run_batch(slot, batch)
+        except WorkerLostError as error:
+            slot.running = []
+            await self._worker_lost(slot, batch, error)
+        except Exception:  # a worker must outlive any one job's failure
+            ids = [h.job_id for h in batch]
+            logger.exception("jobs %s: bookkeeping failed after generation", ids)
+            for handle in batch:
+                if not handle.done():
+                    await self._fail(
+                        handle, GenerationFailedError(f"generation failed (job {handle.job_id})")
+                    )
+        finally:
+            slot.running = []
+            slot.task = None
+            self._wake.set()
 
-    async def _run_batch(self, batch: list[JobHandle]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run_batch(self, slot: _Slot, batch: list[JobHandle]) -> None:
         for handle in batch:
             await self.journal.mark_running(handle.job_id)
             handle._set_state(JobState.RUNNING)
-        self._running = batch
-        self._running_started = self._clock()
+        slot.running = batch
+        slot.started = self._clock()
         estimates = [self.speed.estimate(h.request) for h in batch]
-        self._running_estimate = None if None in estimates else sum(e or 0 for e in estimates)
+        slot.estimate = None if None in estimates else sum(e or 0 for e in estimates)
         requests = [h.request for h in batch]
         ids = [h.job_id for h in batch]
-        logger.info("jobs %s: generating (%d images)", ids, sum(r.count for r in requests))
+        logger.info(
+            "jobs %s: generating (%d images) on %s",
+            ids,
+            sum(r.count for r in requests),
+            slot.worker.name,
+        )
 
-        last_sent = [float("-inf")] * len(batch)
+        def on_progress(index: int, progress: Progress) -> None:  # event loop
+            batch[index]._set_progress(progress)
 
-        def on_progress(index: int, progress: Progress) -> None:  # worker thread
-            # Each hop wakes the event loop, which then competes with the GPU thread for the
-            # GIL and (on CPU) the cores; nobody shows progress more often than this anyway.
-            now = time.monotonic()
-            last = progress.step == progress.total or progress.preview is not None
-            if last or now - last_sent[index] >= PROGRESS_INTERVAL_S:
-                last_sent[index] = now
-                loop.call_soon_threadsafe(batch[index]._set_progress, progress)
-
-        def is_cancelled(index: int) -> bool:  # worker thread
+        def is_cancelled(index: int) -> bool:  # worker thread or event loop
             return batch[index].cancel_requested or self._closing
 
-        run = functools.partial(
-            self.generator.generate,
-            requests,
-            on_progress,
-            is_cancelled,
-            any(h.wants_previews for h in batch),
-        )
+        want_previews = any(h.wants_previews for h in batch)
         started = self._clock()
         try:
             results: list[GenerationResult | None] = await asyncio.shield(
-                loop.run_in_executor(self._executor, run)
+                slot.worker.run(requests, on_progress, is_cancelled, want_previews, ids)
             )
         except asyncio.CancelledError:
-            # Shutting down: the thread stops at its next step (is_cancelled sees _closing).
+            # Shutting down: the worker stops at its next step (is_cancelled sees _closing).
             for handle in batch:
                 await self._put_back_or_cancel(handle)
+            raise
+        except WorkerLostError:
             raise
         except GenerationCancelled:
             results = [None] * len(batch)
         except InferenceError as error:
-            logger.warning("jobs %s: failed: %s", ids, error)
+            logger.warning("jobs %s: failed on %s: %s", ids, slot.worker.name, error)
             for handle in batch:
                 await self._fail(handle, error)
             return
         except Exception:
-            logger.exception("jobs %s: generation failed", ids)
+            logger.exception("jobs %s: generation failed on %s", ids, slot.worker.name)
             for handle in batch:
                 await self._fail(
                     handle, GenerationFailedError(f"generation failed (job {handle.job_id})")
                 )
             return
-        self._last_model = requests[0].model
+        slot.loaded_model = requests[0].model
         if all(result is not None for result in results):
             self.speed.record(requests, self._clock() - started)
         for handle, result in zip(batch, results, strict=True):
@@ -472,6 +528,50 @@ class JobQueue:
                 await self._put_back_or_cancel(handle)
                 continue
             await self._complete(handle, result)
+
+    async def _worker_lost(
+        self, slot: _Slot, batch: list[JobHandle], error: WorkerLostError
+    ) -> None:
+        """Its jobs go back in line, at the front, once; then it is replaced.
+
+        A job whose worker dies twice fails with a notice: it may be what kills them."""
+        name = slot.worker.name
+        logger.error("worker %s died running jobs %s: %s", name, [h.job_id for h in batch], error)
+        for handle in batch:
+            handle.worker_losses += 1
+            if handle.cancel_requested or self._closing:
+                await self._put_back_or_cancel(handle)
+            elif handle.worker_losses >= MAX_WORKER_LOSSES:
+                await self._fail(
+                    handle,
+                    GenerationFailedError(
+                        f"the worker running job {handle.job_id} stopped twice while making "
+                        "it; please try again, perhaps with other settings"
+                    ),
+                )
+            else:
+                await self.journal.requeue(handle.job_id)
+                self._enqueue(handle.job_id, handle.owner, handle.request, front=True)
+                handle._set_state(JobState.QUEUED)
+                logger.info("job %d: back at the front of the line", handle.job_id)
+        slot.loaded_model = None
+        delay_s = REPLACE_RETRY_S
+        while not self._closing:
+            try:
+                await slot.worker.replace()
+            except Exception as failure:
+                logger.error(
+                    "worker %s: cannot start a replacement (%s); retrying in %.0f s",
+                    name,
+                    failure,
+                    delay_s,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay_s)
+                delay_s = min(delay_s * 2, 300.0)
+                continue
+            logger.info("worker %s replaced", name)
+            return
 
     async def _complete(self, handle: JobHandle, result: GenerationResult) -> None:
         """Keep the images on disk, then record the job done; a storage error fails it."""
@@ -529,12 +629,10 @@ class JobQueue:
     def _forget(self, handle: JobHandle) -> None:
         self._handles.pop(handle.job_id, None)
 
-    # --- task hygiene ----------------------------------------------------------------------
 
-    @staticmethod
-    def _log_task_failure(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def storage_failure(error: OSError) -> StorageUnavailableError:

@@ -56,7 +56,7 @@ async def test_submit_runs_on_the_worker_thread_and_saves_pngs(tmp_path: Path) -
         handle = await queue.submit(request(seed=5, count=2), Owner(1))
         result = await handle.result()
     assert [image.seed for image in result.images] == [5, 6]
-    assert generator.threads == {"gpu-worker_0"}
+    assert generator.threads == {"local-worker_0"}
     record = journal.jobs[handle.job_id]
     assert record.state is JobState.DONE
     saved = [Path(i.path).read_bytes() for i in record.outcome.images]  # noqa: ASYNC240
