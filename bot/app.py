@@ -9,7 +9,7 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
-from bot.client import ImagineBot, Services, point_discord_at
+from bot.client import Services, make_bot, point_discord_at
 from bot.limits import LimitPolicy, RateLimiter
 from bot.settings import Settings
 from bot.startup import StartupError, prepare_data_dir
@@ -133,7 +133,7 @@ async def run_bot(settings: Settings) -> None:
         stack.push_async_callback(queue.close)  # the running job goes back in line
         limiter = RateLimiter(store, limit_policy(settings))
         submitter = Submitter(settings, store, queue, limiter, generator)
-        bot = ImagineBot(Services(settings, store, queue, limiter, submitter))
+        bot = make_bot(Services(settings, store, queue, limiter, submitter))
         stack.push_async_callback(bot.close)
         if stop.is_set():  # asked to stop while warming up
             return

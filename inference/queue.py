@@ -78,6 +78,7 @@ class JobHandle:
         self.recovered = False  # rebuilt from the journal after a restart
         self.cancel_requested = False  # read by the worker thread between steps
         self.worker_losses = 0  # workers that died running it (queue.MAX_WORKER_LOSSES)
+        self.worker_name: str | None = None  # the worker that runs (or last ran) it
         self._version = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
@@ -331,13 +332,6 @@ class JobQueue:
     def __len__(self) -> int:
         return len(self._waiting) + sum(len(slot.running) for slot in self._slots)
 
-    def running_on(self, job_id: int) -> str | None:
-        """The name of the worker running the job; None if it is not running."""
-        for slot in self._slots:
-            if any(handle.job_id == job_id for handle in slot.running):
-                return slot.worker.name
-        return None
-
     # --- positions and ETAs ----------------------------------------------------------------
 
     def _current_order(self) -> list[WaitingJob]:
@@ -473,6 +467,7 @@ class JobQueue:
     async def _run_batch(self, slot: _Slot, batch: list[JobHandle]) -> None:
         for handle in batch:
             await self.journal.mark_running(handle.job_id)
+            handle.worker_name = slot.worker.name
             handle._set_state(JobState.RUNNING)
         slot.running = batch
         slot.started = self._clock()
