@@ -1,0 +1,99 @@
+"""The bot on Ray with two workers: a worker's process is killed while it generates, and every
+user still gets exactly one result, from the worker that replaced it or the other one.
+
+(The whole e2e suite also runs with `IMAGINE_BOT__WORKERS__BACKEND=ray`: README's test command.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from inference.testing import TinyModel
+from tests.e2e.botprocess import BotProcess
+from tests.e2e.conftest import start_bot
+from tests.e2e.fakediscord import CallbackType, FakeDiscord, InteractionHandle
+from tests.e2e.results import delivered_jobs, has_images, latest_message
+
+pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
+WAIT = 120.0
+
+RAY_WORKERS = """
+[workers]
+backend = "ray"
+count = 2
+
+[limits]
+max_steps = 1000
+"""
+
+
+async def log_match(bot: BotProcess, pattern: str, timeout: float = WAIT) -> re.Match[str]:  # noqa: ASYNC109
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if match := re.search(pattern, bot.log_text()):
+            return match
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no log line matching {pattern!r}:\n{bot.log_text()[-3000:]}")
+
+
+def shows_steps(handle: InteractionHandle, _: FakeDiscord) -> bool:
+    return handle.original is not None and any("step" in c for c in handle.original.contents)
+
+
+async def test_a_worker_killed_mid_job_costs_nobody_their_image(
+    fake: FakeDiscord, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    since = latest_message(fake)
+    bot = await start_bot(fake, tiny_model, tmp_path, RAY_WORKERS)
+    try:
+        pids = {
+            name: int(pid)
+            for name, pid in re.findall(
+                r"worker (ray \d): Ray actor started in process (\d+)", bot.log_text()
+            )
+        }
+        assert set(pids) == {"ray 0", "ray 1"}, bot.log_text()[-3000:]
+        users = [fake.add_user(f"ray_worker_user_{i}") for i in range(3)]
+        handles = []
+        for i, user in enumerate(users):
+            handle = fake.invoke_slash("imagine", {"prompt": f"kite {i}", "steps": 400}, user=user)
+            assert (
+                await handle.wait_for_response(timeout=WAIT)
+                == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+            )
+            handles.append(handle)
+            if i == 0:  # job 1: wait until its steps show, so it is mid-batch when killed
+                await fake.wait_for(functools.partial(shows_steps, handle), timeout=WAIT)
+        running = await log_match(bot, r"jobs \[1\]: generating \(1 images\) on (ray \d)")
+        os.kill(pids[running.group(1)], signal.SIGKILL)
+        await log_match(bot, rf"worker {running.group(1)} died running jobs \[1\]")
+        finals = [await h.wait_for_original(has_images, timeout=WAIT) for h in handles]
+        assert all(final.attachments for final in finals)
+        await log_match(bot, rf"worker {running.group(1)} replaced")
+        assert "Traceback" not in "".join(c for f in finals for c in f.contents)
+        # Each job's images were posted once, and job 1 ran again rather than failing.
+        assert delivered_jobs(fake, since) == {1: 1, 2: 1, 3: 1}
+        assert "job 1: back at the front of the line" in bot.log_text()
+        # The replacement serves the next job.
+        again = fake.invoke_slash("imagine", {"prompt": "after", "steps": 2}, user=users[0])
+        await again.wait_for_original(has_images, timeout=WAIT)
+        assert bot.process is not None
+        ray_processes = psutil.Process(bot.process.pid).children(recursive=True)
+        assert any("raylet" in p.name() for p in ray_processes)
+        code = await bot.stop()
+        assert code == 0, bot.log_text()[-3000:]
+        # Shutdown ended the private Ray instance: none of its processes is left.
+        _, alive = psutil.wait_procs(ray_processes, timeout=60)
+        assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        await bot.kill()
