@@ -1,10 +1,16 @@
-"""ImagineBot: the discord.py client. Its dependencies are passed in, never opened here."""
+"""ImagineBot: the discord.py client. Its dependencies are passed in, never opened here.
+
+`make_bot` picks the class from `[discord] shards`: ImagineBot (one gateway connection) or
+ShardedImagineBot (discord.py's AutoShardedBot: one connection per shard), which Discord
+requires past 2,500 servers. Both behave the same otherwise.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import discord
 import yarl
@@ -48,8 +54,25 @@ def point_discord_at(api_base: str, gateway_url: str) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
+def make_bot(services: Services) -> ImagineBot:
+    """The bot `[discord] shards` asks for: "off" is ImagineBot; "auto" (as many shards as
+    GET /gateway/bot recommends) or a number is ShardedImagineBot."""
+    shards = services.settings.discord.shards
+    if shards == "off":
+        logger.info("gateway: one connection (discord.shards = off)")
+        return ImagineBot(services)
+    shard_count = shards if isinstance(shards, int) else None
+    if shard_count is None:
+        logger.info("gateway: sharded, as many shards as Discord recommends (discord.shards)")
+    else:
+        logger.info("gateway: sharded, %d shards (discord.shards)", shard_count)
+    return ShardedImagineBot(services, shard_count=shard_count)
+
+
 class ImagineBot(commands.Bot):
-    def __init__(self, services: Services, *, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(
+        self, services: Services, *, guild_ready_timeout: float = 2.0, **client_options: Any
+    ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_reactions = True  # not privileged; slash commands need no content intent
@@ -61,6 +84,7 @@ class ImagineBot(commands.Bot):
             # Prompts are echoed into messages: by default nothing pings anyone. A send that
             # should ping the requester allows exactly that user.
             allowed_mentions=discord.AllowedMentions.none(),
+            **client_options,
         )
         self.services = services
         delivery = services.settings.delivery
@@ -102,12 +126,18 @@ class ImagineBot(commands.Bot):
             await self.tree.sync()
         logger.info("slash commands synced (%s)", "guilds" if guild_ids else "global")
 
+    @property
+    def gateway_summary(self) -> str:
+        """How the bot is connected, for the log."""
+        return "one gateway connection"
+
     async def on_ready(self) -> None:
         logger.info(
-            "connected as %s (%s) to %d guilds",
+            "connected as %s (%s) to %d guilds over %s",
             self.user,
             self.user and self.user.id,
             len(self.guilds),
+            self.gateway_summary,
         )
 
     async def on_app_command_error(
@@ -142,3 +172,39 @@ class ImagineBot(commands.Bot):
     async def close(self) -> None:
         await self.delivery.close()
         await super().close()
+
+
+class ShardedImagineBot(ImagineBot, commands.AutoShardedBot):
+    """ImagineBot over discord.py's AutoShardedBot: one gateway connection per shard, shard k
+    serving the guilds with `(guild_id >> 22) % shard_count == k`. `shard_count=None` asks
+    Discord (GET /gateway/bot) for its recommended count and connects where it says.
+
+    It is an ImagineBot, so everything typed for one (cogs, views, delivery, actions) takes it.
+    commands.Bot comes before AutoShardedBot in the MRO but defines nothing of its own (both
+    are BotBase over a Client), so the gateway is AutoShardedClient's: `connect` launches
+    every shard, `latency` averages them, `is_ws_ratelimited` asks each, guild readiness
+    waits for every shard before on_ready. tests/e2e/test_sharding.py checks the MRO.
+    """
+
+    def __init__(
+        self, services: Services, *, shard_count: int | None, guild_ready_timeout: float = 2.0
+    ) -> None:
+        super().__init__(services, guild_ready_timeout=guild_ready_timeout, shard_count=shard_count)
+        self._logged_in = False
+
+    @property
+    def gateway_summary(self) -> str:
+        return f"{self.shard_count} shards"
+
+    async def login(self, token: str) -> None:
+        self._logged_in = True  # login sets up what AutoShardedClient.close needs
+        await super().login(token)
+
+    async def close(self) -> None:
+        if self._logged_in:
+            await super().close()
+        else:  # stopped before it started (a signal during warm-up): nothing is connected
+            await self.delivery.close()
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        logger.info("shard %d of %d ready", shard_id, self.shard_count)

@@ -138,6 +138,16 @@ class DiscordSettings(_Section):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shard_setting(cls, value: Any) -> Any:
+        """One message for every wrong value, not one per member of the union."""
+        if isinstance(value, str) and value in ("off", "auto"):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f"must be 'off', 'auto' or a whole number of shards ≥ 1, not {value!r}")
+
 
 class StorageConfig(_Section):
     data_dir: Annotated[Path, AfterValidator(_from_base)]

@@ -19,6 +19,11 @@ class InvalidRequestError(InferenceError):
         self.field = field
         self.reason = message
 
+    def __reduce__(self) -> tuple[type[InvalidRequestError], tuple[str, str]]:
+        # Errors cross to the bot's process from a Ray worker pickled; the default would
+        # call __init__ with the one formatted message.
+        return (type(self), (self.field, self.reason))
+
 
 class ModelError(InferenceError):
     """The model cannot be used: unknown name, missing file, bad checkpoint, no network."""

@@ -330,7 +330,11 @@ class JobQueue:
         )
 
     def __len__(self) -> int:
-        return len(self._waiting) + sum(len(slot.running) for slot in self._slots)
+        return len(self._waiting) + self.running_count()
+
+    def running_count(self) -> int:
+        """Jobs generating now, on all workers together."""
+        return sum(len(slot.running) for slot in self._slots)
 
     # --- positions and ETAs ----------------------------------------------------------------
 

@@ -218,6 +218,10 @@ class RayCluster:
         return not self.address
 
     async def connect(self, workers: int) -> None:
+        # Ray's core installs a crash handler for SIGTERM in this process that prints a stack
+        # and makes the bot's clean shutdown end in an abort (exit -6): the bot handles SIGTERM
+        # itself. Read when ray loads; inherited by the processes Ray starts.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         try:
             import ray
         except ImportError:

@@ -72,6 +72,8 @@ class HistoryCog(commands.Cog):
         queue = self.bot.services.queue
         mine = queue.jobs_of(interaction.user.id)
         lines = [f"**{len(queue)}** job(s) in the queue."]
+        if len(queue.workers) > 1:
+            lines[0] += f" {queue.running_count()} running on {len(queue.workers)} workers."
         for handle in mine:
             if handle.state is JobState.RUNNING:
                 where = "running now"

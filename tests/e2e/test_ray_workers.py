@@ -21,6 +21,7 @@ from tests.e2e.botprocess import BotProcess
 from tests.e2e.conftest import start_bot
 from tests.e2e.fakediscord import CallbackType, FakeDiscord, InteractionHandle
 from tests.e2e.results import delivered_jobs, has_images, latest_message
+from tests.e2e.test_bot import ephemeral_reply
 
 pytest.importorskip("ray")
 
@@ -75,6 +76,8 @@ async def test_a_worker_killed_mid_job_costs_nobody_their_image(
             if i == 0:  # job 1: wait until its steps show, so it is mid-batch when killed
                 await fake.wait_for(functools.partial(shows_steps, handle), timeout=WAIT)
         running = await log_match(bot, r"jobs \[1\]: generating \(1 images\) on (ray \d)")
+        # /queue counts both workers.
+        assert "on 2 workers" in await ephemeral_reply(fake, "queue", {}, user=users[0])
         os.kill(pids[running.group(1)], signal.SIGKILL)
         await log_match(bot, rf"worker {running.group(1)} died running jobs \[1\]")
         finals = [await h.wait_for_original(has_images, timeout=WAIT) for h in handles]

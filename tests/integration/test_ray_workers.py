@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from bot.store import Store
 from inference.device import RuntimeOptions
-from inference.errors import GenerationCancelled
+from inference.errors import GenerationCancelled, ModelError
 from inference.generator import DiffusersGenerator
 from inference.jobs import JobState, Owner
 from inference.queue import JobHandle, JobQueue, QueueSettings
@@ -62,7 +62,12 @@ def request(seed: int, model: str = "tiny", steps: int = 4) -> GenerationRequest
 
 def workers(tiny: TinyModel, count: int = 2) -> list[RayWorker]:
     spec = ModelSpec("tiny", str(tiny.single_file), config=tiny.folder)
-    models = {"tiny": spec, "tiny2": dataclasses.replace(spec, name="tiny2")}
+    models = {
+        "tiny": spec,
+        "tiny2": dataclasses.replace(spec, name="tiny2"),
+        # As if this worker's machine lacked the file that the bot's machine has.
+        "absent": dataclasses.replace(spec, name="absent", source="/nowhere/absent.safetensors"),
+    }
     make = functools.partial(DiffusersGenerator, models, RuntimeOptions(device="cpu"))
     return [RayWorker(f"ray {i}", make, RayPlacement(num_gpus=0)) for i in range(count)]
 
@@ -122,12 +127,13 @@ async def test_jobs_spread_over_both_workers_and_follow_loaded_models(
         assert worker.pid is not None and await _exits(worker.pid)
 
 
-async def test_cancel_reaches_a_running_batch_on_its_actor(
+async def test_cancel_and_a_model_error_reach_the_bot_and_the_worker_stays(
     cluster: RayCluster, tiny_model: TinyModel, store: Store, tmp_path: Path
 ) -> None:
     pool = workers(tiny_model, count=1)
     queue = queue_of(pool, store, tmp_path)
     await queue.start(warm_up_model="tiny")
+    started_pid = pool[0].pid
     try:
         long = await queue.submit(request(seed=1, steps=500), Owner(1))
         await until_stepping(long)
@@ -142,6 +148,13 @@ async def test_cancel_reaches_a_running_batch_on_its_actor(
         # The worker takes the next job as usual.
         after = await queue.submit(request(seed=2), Owner(1))
         await after.result()
+        # A model this worker cannot load fails that job, with the reason, and nothing else.
+        unloadable = await queue.submit(request(seed=3, model="absent"), Owner(1))
+        with pytest.raises(ModelError, match=r"absent\.safetensors"):
+            await unloadable.result()
+        last = await queue.submit(request(seed=4), Owner(1))
+        await last.result()
+        assert pool[0].pid == started_pid  # the same actor throughout
     finally:
         await queue.close()
 

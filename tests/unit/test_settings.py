@@ -103,6 +103,33 @@ def test_every_device_form_loads(device: str) -> None:
     assert load_settings(None, {"IMAGINE_BOT__INFERENCE__DEVICE": device}).runtime.device == device
 
 
+@pytest.mark.parametrize(
+    ("line", "shards"),
+    [("", "off"), ("shards = 'off'", "off"), ("shards = 'auto'", "auto"), ("shards = 2", 2)],
+)
+def test_shards_is_off_auto_or_a_count(tmp_path: Path, line: str, shards: object) -> None:
+    assert load_settings(write(tmp_path, f"[discord]\n{line}\n"), {}).discord.shards == shards
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ("shards = 0", "0"),
+        ("shards = -2", "-2"),
+        ("shards = 'many'", "'many'"),
+        ("shards = '2'", "'2'"),
+        ("shards = 1.5", "1.5"),
+        ("shards = true", "True"),
+    ],
+)
+def test_a_bad_shards_value_is_one_clear_line(tmp_path: Path, line: str, shown: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, f"[discord]\n{line}\n"), {})
+    assert str(caught.value) == (
+        f"discord.shards: must be 'off', 'auto' or a whole number of shards ≥ 1, not {shown}"
+    )
+
+
 def test_every_problem_is_one_line_of_one_settings_error_never_a_pydantic_dump(
     tmp_path: Path,
 ) -> None:

@@ -6,6 +6,7 @@ behaviour on real Ray actors and the tiny model is in tests/integration/test_ray
 
 import asyncio
 import dataclasses
+import pickle
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from inference.errors import GenerationFailedError
+from inference.errors import GenerationFailedError, InferenceError, InvalidRequestError
 from inference.fakes import FakeGenerator
 from inference.jobs import JobState, Owner
 from inference.queue import JobHandle, JobQueue, QueueSettings
@@ -194,6 +195,19 @@ async def test_the_other_workers_keep_serving_while_one_cannot_be_replaced(
     assert broken.replaced >= 1
     assert sorted(seed for call in healthy.calls for seed in call) == [0, 1, 2]
     assert all(journal.jobs[h.job_id].state is JobState.DONE for h in handles)
+
+
+def test_every_error_users_see_crosses_from_a_ray_worker_intact() -> None:
+    """A Ray worker's errors come back pickled: type and message must survive."""
+
+    def subclasses(cls: type[InferenceError]) -> list[type[InferenceError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in subclasses(sub))]
+
+    for cls in subclasses(InferenceError):
+        args = ("steps", "must be at most 100") if cls is InvalidRequestError else ("why",)
+        error = cls(*args)
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is cls and str(copy) == str(error)
 
 
 def test_local_workers_get_a_gpu_each() -> None:

@@ -8,7 +8,7 @@ from .commands import CommandSync, RegisteredCommand
 from .constants import CallbackType, Intent, MessageFlag, Permission
 from .discordpy import pointed_at
 from .faults import FaultKind, FaultRule, uploads_matching
-from .gateway import ConnectionInfo
+from .gateway import ConnectionInfo, GatewaySession
 from .interactions import InteractionHandle
 from .models import (
     Attachment,
@@ -36,6 +36,7 @@ __all__ = [
     "FaultKind",
     "FaultRule",
     "FilePart",
+    "GatewaySession",
     "Guild",
     "Intent",
     "InteractionHandle",

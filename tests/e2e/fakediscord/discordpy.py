@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 def pointed_at(fake: FakeDiscord) -> Iterator[None]:
     """Set ``Route.BASE`` and ``DiscordWebSocket.DEFAULT_GATEWAY`` to ``fake``; restore after.
 
-    discord.py has no option for another host: a non-sharded client connects to
-    ``DEFAULT_GATEWAY`` (an ``AutoShardedClient`` asks ``GET /gateway/bot`` instead) and
-    reconnects to the ``resume_gateway_url`` from READY.
+    discord.py has no option for another host: a client connects to ``DEFAULT_GATEWAY`` (an
+    ``AutoShardedClient`` without a ``shard_count`` asks ``GET /gateway/bot`` instead, for the
+    URL and the recommended count, both the fake's) and resumes on the ``resume_gateway_url``
+    from READY.
     """
     old_base = discord.http.Route.BASE
     old_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY

@@ -21,6 +21,8 @@ from .util import iso8601
 _log = logging.getLogger(__name__)
 
 RESUME_BUFFER = 2000  # dispatches kept per session for replay on RESUME
+SESSION_START_TOTAL = 1000  # IDENTIFYs Discord allows a bot per day (session_start_limit)
+GUILDS_PER_RECOMMENDED_SHARD = 1000  # Discord recommends about one shard per 1,000 guilds
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
 
 
@@ -39,6 +41,7 @@ class ConnectionInfo:
     compressed: bool
     identified: bool = False
     resumed: bool = False
+    shard: tuple[int, int] | None = None  # (shard_id, count) from IDENTIFY, or the resumed one
     heartbeats: int = 0
     close_code: int | None = None
     closed_by_server: bool = False
@@ -123,6 +126,7 @@ class Gateway:
         self._connections: set[GatewayConnection] = set()
         self.default_url = ""
         self.resume_url = ""
+        self.identifies = 0  # IDENTIFYs accepted: they use up the session start limit
 
     # --- what tests look at -----------------------------------------------------------------
 
@@ -135,6 +139,29 @@ class Gateway:
     def identified(self) -> bool:
         """A session is live on an open websocket (after READY or RESUMED)."""
         return any(s.connection is not None for s in self.sessions.values())
+
+    def live_sessions(self) -> list[GatewaySession]:
+        """Sessions on an open websocket, in the order they identified."""
+        return [s for s in self.sessions.values() if s.connection is not None]
+
+    def serves(self, guild_id: int | None) -> bool:
+        """A live session gets ``guild_id``'s events (for sharded bots: its shard is up)."""
+        return any(s.covers(guild_id) for s in self.live_sessions())
+
+    def recommended_shards(self) -> int:
+        """GET /gateway/bot's ``shards``: the setting, else one per 1,000 guilds."""
+        recommended = self.state.settings.recommended_shards
+        if recommended is not None:
+            return recommended
+        return max(1, -(-len(self.state.guilds) // GUILDS_PER_RECOMMENDED_SHARD))
+
+    def session_start_limit(self) -> dict[str, int]:
+        return {
+            "total": SESSION_START_TOTAL,
+            "remaining": max(0, SESSION_START_TOTAL - self.identifies),
+            "reset_after": 14_400_000,
+            "max_concurrency": 1,
+        }
 
     async def wait_until_identified(self, timeout: float = 5.0) -> GatewaySession:  # noqa: ASYNC109
         def live() -> GatewaySession | None:
@@ -322,7 +349,10 @@ class Gateway:
             return
         shard = data.get("shard")
         if shard is not None and not (
-            isinstance(shard, list) and len(shard) == 2 and 0 <= shard[0] < shard[1]
+            isinstance(shard, list)
+            and len(shard) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shard)
+            and 0 <= shard[0] < shard[1]
         ):
             connection.close(CloseCode.INVALID_SHARD, "Invalid shard.")
             return
@@ -330,13 +360,19 @@ class Gateway:
             id=secrets.token_hex(16),
             user_id=self.state.bot_user.id,
             intents=intents,
-            shard=None if shard is None else (int(shard[0]), int(shard[1])),
+            shard=None if shard is None else (shard[0], shard[1]),
             connection=connection,
             presence=data.get("presence"),
         )
+        guilds = sum(1 for guild_id in self.state.guilds if session.covers(guild_id))
+        if guilds > settings.max_guilds_per_session:
+            connection.close(CloseCode.SHARDING_REQUIRED, "Sharding required.")
+            return
+        self.identifies += 1
         self.sessions[session.id] = session
         connection.session = session
         connection.info.identified = True
+        connection.info.shard = session.shard
         session.dispatch("READY", self._ready_payload(session))
         for guild in self.state.guilds.values():
             if session.covers(guild.id) and self._wants(session, Intent.GUILDS):
@@ -393,6 +429,7 @@ class Gateway:
         session.resumes += 1
         connection.session = session
         connection.info.resumed = True
+        connection.info.shard = session.shard
         for frame in missed:
             connection.send(frame)
         session.dispatch("RESUMED", {"_trace": ["fakediscord"]})

@@ -41,13 +41,8 @@ class MetaRoutes:
         return json_response(
             {
                 "url": self.gateway.default_url,
-                "shards": 1,
-                "session_start_limit": {
-                    "total": 1000,
-                    "remaining": 999,
-                    "reset_after": 14_400_000,
-                    "max_concurrency": 1,
-                },
+                "shards": self.gateway.recommended_shards(),
+                "session_start_limit": self.gateway.session_start_limit(),
             }
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -19,7 +20,7 @@ from .constants import (
     Permission,
 )
 from .faults import BodyPredicate, FaultKind, FaultRule
-from .gateway import ConnectionInfo, Gateway
+from .gateway import ConnectionInfo, Gateway, GatewaySession
 from .interactions import DEFAULT_WAIT, InteractionHandle
 from .invocations import InvocationBuilder
 from .models import (
@@ -43,6 +44,7 @@ from .state import ServerState, Settings
 from .util import Clock
 
 _log = logging.getLogger(__name__)
+FORM_FILLING_S = 1.0  # from a modal shown to its submission (see submit_modal)
 
 T = TypeVar("T")
 UserLike = User | Member
@@ -74,6 +76,8 @@ class FakeDiscord:
         compress: bool = True,
         allowed_privileged_intents: int = 0,
         guild_name: str = "Test Guild",
+        recommended_shards: int | None = None,
+        max_guilds_per_session: int = 2500,
     ) -> None:
         self.clock = Clock()
         self.settings = Settings(
@@ -84,6 +88,8 @@ class FakeDiscord:
             attachment_size_limit=attachment_size_limit,
             compress=compress,
             allowed_privileged_intents=allowed_privileged_intents,
+            recommended_shards=recommended_shards,
+            max_guilds_per_session=max_guilds_per_session,
         )
         self.state = ServerState(self.settings, self.clock)
         self.gateway = Gateway(self.state)
@@ -229,9 +235,12 @@ class FakeDiscord:
     ) -> Channel:
         return self.state.add_channel(guild or self.guild, name, overwrites=overwrites, topic=topic)
 
-    def add_guild(self, name: str, *, owner: User | None = None) -> Guild:
-        """Another guild the bot is in; a connected bot gets its GUILD_CREATE."""
-        return self.state.add_guild(name, owner=owner)
+    def add_guild(
+        self, name: str, *, owner: User | None = None, shard: tuple[int, int] | None = None
+    ) -> Guild:
+        """Another guild the bot is in; a connected bot gets its GUILD_CREATE (on the shard
+        that serves it). ``shard=(shard_id, count)`` picks an id that shard serves."""
+        return self.state.add_guild(name, owner=owner, shard=shard)
 
     def permissions_for(self, user: UserLike, channel: Channel | None = None) -> int:
         channel = channel or self.channel
@@ -389,7 +398,12 @@ class FakeDiscord:
             channel=channel,
             source_message=shown_by.source_message,
         )
-        self._dispatch_interaction(interaction)
+        # A person needs a moment to fill in a form. Without it, the submission can reach the
+        # bot before discord.py has read Discord's answer to its modal (it registers the modal
+        # only then) and is dropped: a race no real user can trigger.
+        asyncio.get_running_loop().call_later(
+            FORM_FILLING_S, self._dispatch_interaction, interaction
+        )
         return interaction
 
     # --- playing users: messages and reactions ----------------------------------------------
@@ -462,6 +476,12 @@ class FakeDiscord:
     @property
     def connections(self) -> list[ConnectionInfo]:
         return self.gateway.connections_log
+
+    @property
+    def sessions(self) -> list[GatewaySession]:
+        """The live gateway sessions (one per shard for a sharded bot), in identify order;
+        ``session.shard`` is ``(shard_id, count)``, or None for an unsharded bot."""
+        return self.gateway.live_sessions()
 
     def disconnect_gateway(self, code: int = 4000, reason: str = "") -> int:
         """Drop the bot's websocket(s) from the server side; the session stays resumable."""
@@ -703,8 +723,12 @@ class FakeDiscord:
         return interaction
 
     def _dispatch_interaction(self, interaction: InteractionHandle) -> None:
-        if not self.gateway.identified:
-            raise RuntimeError("no bot is connected to the gateway to receive the interaction")
+        if not self.gateway.serves(interaction.guild_id):
+            raise RuntimeError(
+                "no bot is connected to the gateway to receive the interaction "
+                f"(in guild {interaction.guild_id}; live shards: "
+                f"{[s.shard for s in self.gateway.live_sessions()]})"
+            )
         self.gateway.dispatch(
             "INTERACTION_CREATE", interaction.payload, guild_id=interaction.guild_id, intent=None
         )

@@ -69,6 +69,11 @@ class Settings:
     allowed_privileged_intents: int = 0
     enforce_intents: bool = True  # only send events the session's intents ask for
     ack_heartbeats: bool = True  # False makes a zombie connection
+    # GET /gateway/bot's "shards"; None: one per 1,000 guilds (at least 1), as Discord does
+    recommended_shards: int | None = None
+    # A session (a shard, or the whole bot unsharded) that would get more guilds than this is
+    # closed with 4011 Sharding required, as Discord does past 2,500.
+    max_guilds_per_session: int = 2500
 
 
 class EventSink(Protocol):
@@ -124,10 +129,13 @@ class ServerState:
         self.changes.notify()
         return user
 
-    def add_guild(self, name: str, *, owner: User | None = None) -> Guild:
-        """A guild with @everyone, the bot (and its managed role) and the owner as members."""
+    def add_guild(
+        self, name: str, *, owner: User | None = None, shard: tuple[int, int] | None = None
+    ) -> Guild:
+        """A guild with @everyone, the bot (and its managed role) and the owner as members;
+        with ``shard=(shard_id, count)``, its id routes it to that shard."""
         owner = owner or self.owner
-        guild = Guild(id=self.next_id(), name=name, owner_id=owner.id)
+        guild = Guild(id=self.next_id(shard), name=name, owner_id=owner.id)
         guild.roles[guild.id] = Role(
             id=guild.id,
             guild_id=guild.id,

@@ -38,11 +38,22 @@ class SnowflakeFactory:
         self._clock = clock
         self._last = 0
 
-    def __call__(self) -> int:
+    def __call__(self, shard: tuple[int, int] | None = None) -> int:
+        """The next id; with ``shard=(shard_id, count)``, one that shard serves (Discord
+        routes a guild to shard ``(guild_id >> 22) % count``): its millisecond is moved
+        forward to the next one that fits, at most ``count - 1`` ms."""
         stamp = int(self._clock.wall() * 1000) - DISCORD_EPOCH_MS
         candidate = (stamp << 22) | (1 << 17)  # worker 1
-        self._last = max(candidate, self._last + 1)
-        return self._last
+        snowflake = max(candidate, self._last + 1)
+        if shard is not None:
+            shard_id, count = shard
+            if not 0 <= shard_id < count:
+                raise ValueError(f"no shard {shard_id} among {count}")
+            behind = (shard_id - (snowflake >> 22)) % count
+            if behind:
+                snowflake = (((snowflake >> 22) + behind) << 22) | (1 << 17)
+        self._last = snowflake
+        return snowflake
 
 
 def iso8601(timestamp: float) -> str:
