@@ -78,3 +78,7 @@ class StorageUnavailableError(InferenceError):
 
 class GenerationFailedError(InferenceError):
     """The generation itself failed (out of memory after the retry, a backend error)."""
+
+
+class WorkerUnavailableError(InferenceError):
+    """A worker (a Ray actor) could not start: no room on the cluster, or it crashed."""

@@ -21,7 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from inference.errors import GenerationCancelled, GenerationFailedError, InferenceError
+from inference.errors import (
+    GenerationCancelled,
+    GenerationFailedError,
+    InferenceError,
+    WorkerUnavailableError,
+)
 from inference.types import GenerationRequest, GenerationResult, Progress
 from inference.workers import (
     BatchCancelled,
@@ -34,6 +39,7 @@ from inference.workers import (
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.1  # how often a running batch's cancel flags are checked and sent
+ACTOR_START_TIMEOUT_S = 120.0  # for the cluster to place a worker's actor and start it
 
 
 class GeneratorActor:
@@ -126,13 +132,27 @@ class RayWorker:
             max_restarts=0,  # the queue replaces a lost worker itself, and requeues its jobs
         ).remote(self.make_generator, self.name)
         try:
-            self.pid = await self._actor.pid.remote()
+            # An actor waits, silently, until the cluster has room for it.
+            self.pid = await asyncio.wait_for(self._actor.pid.remote(), ACTOR_START_TIMEOUT_S)
             logger.info("worker %s: Ray actor started in process %d", self.name, self.pid)
             if warm_up_model is not None:
                 await self._actor.warm_up.remote(warm_up_model)
+        except TimeoutError:
+            await self.close()
+            raise WorkerUnavailableError(
+                f"worker {self.name} found no room on the Ray cluster in "
+                f"{ACTOR_START_TIMEOUT_S:.0f} s (it needs {self.placement.num_gpus:g} GPU and "
+                f"{self.placement.num_cpus:g} CPU): see `ray status`, and lower workers.count "
+                "or workers.gpus_per_worker"
+            ) from None
         except ray.exceptions.RayTaskError as error:  # e.g. a bad device: the cause says so
             cause = error.cause
             raise cause if isinstance(cause, InferenceError) else error from None
+        except ray.exceptions.RayActorError as error:
+            raise WorkerUnavailableError(
+                f"worker {self.name} died while starting ({type(error).__name__}); "
+                "its log is in Ray's session folder (ray/session_latest/logs)"
+            ) from None
 
     async def run(
         self,

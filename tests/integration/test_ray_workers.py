@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from bot.store import Store
 from inference.device import RuntimeOptions
-from inference.errors import GenerationCancelled, ModelError
+from inference.errors import GenerationCancelled, ModelError, WorkerUnavailableError
 from inference.generator import DiffusersGenerator
 from inference.jobs import JobState, Owner
 from inference.queue import JobHandle, JobQueue, QueueSettings
@@ -33,6 +33,7 @@ from inference.types import GenerationRequest, ModelSpec
 
 ray = pytest.importorskip("ray")
 
+from inference import ray_workers  # noqa: E402
 from inference.ray_workers import RayCluster, RayPlacement, RayWorker  # noqa: E402
 
 pytestmark = [
@@ -157,6 +158,28 @@ async def test_cancel_and_a_model_error_reach_the_bot_and_the_worker_stays(
         assert pool[0].pid == started_pid  # the same actor throughout
     finally:
         await queue.close()
+
+
+async def test_a_worker_that_cannot_warm_up_stops_the_start_with_the_reason(
+    cluster: RayCluster, tiny_model: TinyModel, store: Store, tmp_path: Path
+) -> None:
+    queue = queue_of(workers(tiny_model, count=1), store, tmp_path)
+    try:
+        with pytest.raises(ModelError, match=r"absent\.safetensors"):
+            await queue.start(warm_up_model="absent")
+    finally:
+        await queue.close()
+
+
+async def test_a_worker_the_cluster_has_no_room_for_says_so(
+    cluster: RayCluster, tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_workers, "ACTOR_START_TIMEOUT_S", 3.0)
+    [worker] = workers(tiny_model, count=1)
+    worker.placement = RayPlacement(num_gpus=1)  # this CPU-only cluster has none
+    with pytest.raises(WorkerUnavailableError, match=r"no room on the Ray cluster.*1 GPU"):
+        await worker.start(None)
+    await worker.close()
 
 
 async def test_a_worker_killed_mid_batch_loses_no_job_and_repeats_none(
