@@ -205,7 +205,17 @@ class WorkersConfig(_Section):
     count: StrictInt = Field(ge=1, le=256)
     # Empty: the bot starts a private Ray instance; "auto" or "ray://host:10001": join one.
     ray_address: StrictStr
-    gpus_per_worker: Literal["auto"] | Annotated[StrictFloat, Field(ge=0)]
+    gpus_per_worker: Literal["auto"] | float
+
+    @field_validator("gpus_per_worker", mode="before")
+    @classmethod
+    def _gpu_share(cls, value: Any) -> Any:
+        """One message for every wrong value, not one per member of the union."""
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        raise ValueError(f"must be 'auto' or a number of GPUs ≥ 0 (0.5: two on one), not {value!r}")
 
 
 class RateConfig(_Section):

@@ -46,9 +46,10 @@ class GeneratorActor:
     """Runs in the actor's process. Async, so `cancel` runs while a batch is generating: the
     blocking generator runs on the actor's one worker thread, as it would in the bot."""
 
-    def __init__(self, make_generator: GeneratorFactory, name: str) -> None:
+    def __init__(self, make_generator: GeneratorFactory, name: str, log_level: int) -> None:
+        # Ray passes the actor's stderr on to the bot's, each line marked with its process.
         logging.basicConfig(
-            level=logging.INFO, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
+            level=log_level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
         )
         self.name = name
         self.generator = make_generator()
@@ -130,7 +131,7 @@ class RayWorker:
             num_gpus=self.placement.num_gpus,
             num_cpus=self.placement.num_cpus,
             max_restarts=0,  # the queue replaces a lost worker itself, and requeues its jobs
-        ).remote(self.make_generator, self.name)
+        ).remote(self.make_generator, self.name, logging.getLogger().getEffectiveLevel())
         try:
             # An actor waits, silently, until the cluster has room for it.
             self.pid = await asyncio.wait_for(self._actor.pid.remote(), ACTOR_START_TIMEOUT_S)

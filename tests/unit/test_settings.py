@@ -130,6 +130,29 @@ def test_a_bad_shards_value_is_one_clear_line(tmp_path: Path, line: str, shown: 
     )
 
 
+def test_workers_settings_and_their_errors(tmp_path: Path) -> None:
+    workers = load_settings(None, {}).workers
+    assert (workers.backend, workers.count, workers.ray_address) == ("local", 1, "")
+    assert workers.gpus_per_worker == "auto"
+    config = write(tmp_path, "[workers]\ncount = 3\ngpus_per_worker = 1\n")
+    environ = {"IMAGINE_BOT__WORKERS__BACKEND": "ray", "IMAGINE_BOT__WORKERS__RAY_ADDRESS": "auto"}
+    workers = load_settings(config, environ).workers
+    assert (workers.backend, workers.count, workers.ray_address) == ("ray", 3, "auto")
+    assert workers.gpus_per_worker == 1.0
+    for line, message in [
+        ("backend = 'k8s'", "workers.backend: 'k8s' is not one of 'local' or 'ray'"),
+        ("count = 0", "workers.count: must be at least 1, not 0"),
+        (
+            "gpus_per_worker = -1",
+            "workers.gpus_per_worker: must be 'auto' or a number of GPUs ≥ 0 (0.5: two on one), "
+            "not -1",
+        ),
+    ]:
+        with pytest.raises(SettingsError) as caught:
+            load_settings(write(tmp_path, f"[workers]\n{line}\n"), {})
+        assert str(caught.value) == message
+
+
 def test_every_problem_is_one_line_of_one_settings_error_never_a_pydantic_dump(
     tmp_path: Path,
 ) -> None:

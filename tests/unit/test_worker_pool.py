@@ -7,6 +7,7 @@ behaviour on real Ray actors and the tiny model is in tests/integration/test_ray
 import asyncio
 import dataclasses
 import pickle
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -219,3 +220,13 @@ def test_local_workers_get_a_gpu_each() -> None:
         local_devices("auto", 3, 2)
     with pytest.raises(ValueError, match=r"inference.device names one GPU \('cuda:1'\)"):
         local_devices("cuda:1", 2, 2)
+
+
+async def test_the_ray_backend_without_ray_installed_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from inference.ray_workers import RayCluster
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ValueError, match=r"pip install 'imagine-bot\[ray\]'"):
+        await RayCluster("").connect(1)
