@@ -5,7 +5,6 @@ behaviour on real Ray actors and the tiny model is in tests/integration/test_ray
 """
 
 import asyncio
-import dataclasses
 import pickle
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 from inference.errors import GenerationFailedError, InferenceError, InvalidRequestError
 from inference.fakes import FakeGenerator
 from inference.jobs import JobState, Owner
-from inference.queue import JobHandle, JobQueue, QueueSettings
+from inference.queue import JobQueue, QueueSettings
 from inference.types import GenerationRequest, GenerationResult
 from inference.workers import (
     BatchCancelled,
@@ -28,20 +27,9 @@ from inference.workers import (
     local_devices,
 )
 from tests.memory_journal import MemoryJournal
+from tests.unit.test_queue import request, until_running
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def request(seed: int = 1, model: str = "fake", **changes: Any) -> GenerationRequest:
-    base = GenerationRequest("a fox", "", 64, 64, 4, 7.0, seed, "Euler a", 1, model)
-    return dataclasses.replace(base, **changes)
-
-
-async def until_running(handle: JobHandle) -> None:
-    async for update in handle.updates():
-        if update.state is JobState.RUNNING:
-            return
-    raise AssertionError(f"job {handle.job_id} finished without running: {handle.state}")
 
 
 def pool(tmp_path: Path, *workers: Any, clock: Any = None) -> tuple[JobQueue, MemoryJournal]:
