@@ -101,7 +101,12 @@ class HistoryCog(commands.Cog):
             mine = queue.jobs_of(interaction.user.id)
             if not mine:
                 raise NotFound("you have no queued or running job.")
-            job = max(h.job_id for h in mine)
+            # Skip jobs already stopping: with several workers (or a batch) the newest may be
+            # running, and a second /cancel is meant for the next one.
+            open_jobs = [h.job_id for h in mine if not h.cancel_requested]
+            if not open_jobs:
+                raise NotFound("your running jobs are already stopping at their next step.")
+            job = max(open_jobs)
         # The queue owns the rules (unknown job, someone else's job): its errors are the reply.
         moderator = self.bot.actions.is_moderator(interaction.user)
         state = await queue.cancel(job, user_id=interaction.user.id, is_moderator=moderator)

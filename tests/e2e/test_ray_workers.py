@@ -87,9 +87,28 @@ async def test_a_worker_killed_mid_job_costs_nobody_their_image(
         # Each job's images were posted once, and job 1 ran again rather than failing.
         assert delivered_jobs(fake, since) == {1: 1, 2: 1, 3: 1}
         assert "job 1: back at the front of the line" in bot.log_text()
-        # The replacement serves the next job.
-        again = fake.invoke_slash("imagine", {"prompt": "after", "steps": 2}, user=users[0])
-        await again.wait_for_original(has_images, timeout=WAIT)
+        # Both workers, the replacement too, take the next two jobs at once; and /cancel,
+        # twice, stops both (the second is not spent on the job the first already stops).
+        both = [
+            fake.invoke_slash("imagine", {"prompt": f"after {i}", "steps": 900}, user=users[0])
+            for i in range(2)
+        ]
+        for handle in both:
+            await fake.wait_for(functools.partial(shows_steps, handle), timeout=WAIT)
+        workers = {
+            (await log_match(bot, rf"jobs \[{job}\]: generating \(1 images\) on (ray \d)")).group(1)
+            for job in (4, 5)
+        }
+        assert workers == {"ray 0", "ray 1"}
+        replies = [await ephemeral_reply(fake, "cancel", {}, user=users[0]) for _ in both]
+        assert replies == [
+            "🚫 Job 5 will stop at its next step.",
+            "🚫 Job 4 will stop at its next step.",
+        ]
+        await fake.wait_for(
+            lambda f: all("Cancelled" in (h.original.content if h.original else "") for h in both),
+            timeout=WAIT,
+        )
         assert bot.process is not None
         ray_processes = psutil.Process(bot.process.pid).children(recursive=True)
         assert any("raylet" in p.name() for p in ray_processes)
