@@ -252,7 +252,10 @@ class RayCluster:
             ) from None
         options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
         if self.started_here:
-            # Every worker reserves one CPU for the thread that feeds its device.
+            # "local": a new instance of its own, even where `ray start` left one running
+            # (ray.init would otherwise join that). Every worker reserves one CPU for the
+            # thread that feeds its device.
+            options["address"] = "local"
             options["num_cpus"] = max(os.cpu_count() or 1, workers)
         else:
             options["address"] = self.address
