@@ -88,7 +88,8 @@ async def start_workers(
         where = f"at {config.ray_address}" if config.ray_address else "on this machine"
         raise StartupError(
             f"cannot start Ray {where} ({type(error).__name__}: {error}); check "
-            "workers.ray_address and that `ray status` works on this machine"
+            "workers.ray_address, that `ray status` works on this machine, and that it has the "
+            "cluster's token (~/.ray/auth_token from the head, or RAY_AUTH_TOKEN)"
         ) from None
     stack.push_async_callback(cluster.close)  # after the queue (and its workers) closed
     gpus = None if config.gpus_per_worker == "auto" else float(config.gpus_per_worker)

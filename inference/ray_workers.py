@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from inference.errors import (
@@ -243,6 +244,8 @@ class RayCluster:
         # and makes the bot's clean shutdown end in an abort (exit -6): the bot handles SIGTERM
         # itself. Read when ray loads; inherited by the processes Ray starts.
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        if not self.started_here:
+            _use_the_clusters_token()  # also read when ray loads
         try:
             import ray
         except ImportError:
@@ -301,6 +304,17 @@ class RayCluster:
         if owner is not None:
             self._release.set()
             await asyncio.to_thread(owner.join)
+
+
+def _use_the_clusters_token() -> None:
+    """`ray start` secures a cluster with a token (Ray ≥ 2.50), but ray.init sends it to an
+    address given as host:port only in token mode: take that mode when a token is at hand
+    (RAY_AUTH_TOKEN, or the file `ray start` wrote), unless the operator chose one."""
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def ray_workers(

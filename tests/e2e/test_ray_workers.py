@@ -1,5 +1,6 @@
 """The bot on Ray with two workers: a worker's process is killed while it generates, and every
-user still gets exactly one result, from the worker that replaced it or the other one.
+user still gets exactly one result, from the worker that replaced it or the other one. And the
+bot joining a cluster started with `ray start`, as on several machines, which it leaves running.
 
 (The whole e2e suite also runs with `IMAGINE_BOT__WORKERS__BACKEND=ray`: README's test command.)
 """
@@ -11,6 +12,9 @@ import functools
 import os
 import re
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -119,3 +123,53 @@ async def test_a_worker_killed_mid_job_costs_nobody_their_image(
         assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         await bot.kill()
+
+
+@pytest.fixture
+def started_cluster() -> Iterator[str]:
+    """`ray start --head` as an operator runs it; the address it tells other machines.
+    Stopped afterwards by killing its own processes (`ray stop` would stop every Ray here)."""
+    temp_dir = Path(f"/tmp/ray-e2e-{os.getpid()}")  # Ray's socket paths must stay short
+    command = [
+        str(Path(sys.executable).with_name("ray")), "start", "--head", "--port=0",
+        "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]  # fmt: skip
+    started = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    output = started.stdout + started.stderr
+    try:
+        assert started.returncode == 0, output[-2000:]
+        address = re.search(r"ray start --address='([^']+)'", output)
+        assert address is not None, output[-2000:]
+        yield address.group(1)
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if any(str(temp_dir) in part for part in process.info["cmdline"] or ()):
+                process.kill()
+
+
+def cluster_alive(temp_dir_part: str) -> bool:
+    return any(
+        p.info["name"] == "gcs_server"
+        and any(temp_dir_part in part for part in p.info["cmdline"] or ())
+        for p in psutil.process_iter(["name", "cmdline"])
+    )
+
+
+async def test_the_bot_joins_a_cluster_started_with_ray_start_and_leaves_it_running(
+    fake: FakeDiscord, tiny_model: TinyModel, tmp_path: Path, started_cluster: str
+) -> None:
+    config = f'[workers]\nbackend = "ray"\ncount = 2\nray_address = "{started_cluster}"\n'
+    bot = await start_bot(fake, tiny_model, tmp_path, config)
+    try:
+        assert f"Ray: joined {started_cluster}" in bot.log_text()
+        user = fake.add_user("ray_cluster_user")
+        handle = fake.invoke_slash("imagine", {"prompt": "a lighthouse", "steps": 3}, user=user)
+        final = await handle.wait_for_original(has_images, timeout=WAIT)
+        assert final.attachments[0].content.startswith(b"\x89PNG")
+        assert re.search(r"jobs \[1\]: generating \(1 images\) on ray \d", bot.log_text())
+        assert await bot.stop() == 0, bot.log_text()[-3000:]
+    finally:
+        await bot.kill()
+    # The operator's cluster is still up after the bot left it.
+    assert cluster_alive(f"ray-e2e-{os.getpid()}")
