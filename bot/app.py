@@ -126,12 +126,13 @@ async def run_bot(settings: Settings) -> None:
         stack.push_async_callback(store.close)
         workers = await start_workers(settings, generator, stack)
         queue = JobQueue(workers, store.jobs, queue_settings(settings))
+        # Closes the workers even if a start fails half-way; the running job goes back in line.
+        stack.push_async_callback(queue.close)
         # Imports, tokenizer and the default model load before Discord is connected: the
         # first interaction after a start must be answered within 3 s like any other.
         started = loop.time()
         await queue.start(warm_up_model=settings.default_model)
         logger.info("warmed up in %.1f s", loop.time() - started)
-        stack.push_async_callback(queue.close)  # the running job goes back in line
         limiter = RateLimiter(store, limit_policy(settings))
         submitter = Submitter(settings, store, queue, limiter, generator)
         bot = make_bot(Services(settings, store, queue, limiter, submitter))

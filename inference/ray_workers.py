@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.1  # how often a running batch's cancel flags are checked and sent
 ACTOR_START_TIMEOUT_S = 120.0  # for the cluster to place a worker's actor and start it
+CONNECT_TIMEOUT_S = 60.0  # for ray.init to start or join a cluster
 
 
 class GeneratorActor:
@@ -262,6 +264,7 @@ class RayCluster:
             options["num_cpus"] = max(os.cpu_count() or 1, workers)
         else:
             options["address"] = self.address
+            await asyncio.to_thread(_check_reachable, self.address)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
@@ -269,19 +272,30 @@ class RayCluster:
             if not ready.done():
                 ready.set_result(None) if error is None else ready.set_exception(error)
 
+        def tell(error: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the bot gave up waiting and stopped
+                loop.call_soon_threadsafe(settle, error)
+
         def own() -> None:
             try:
                 ray.init(**options)
             except Exception as error:
-                loop.call_soon_threadsafe(settle, error)
+                tell(error)
                 return
-            loop.call_soon_threadsafe(settle, None)
+            tell(None)
             self._release.wait()
             ray.shutdown()
 
         self._owner = threading.Thread(target=own, name="ray-owner", daemon=True)
         self._owner.start()
-        await ready
+        try:
+            # ray.init retries an unanswering cluster for minutes, printing one line a second.
+            await asyncio.wait_for(asyncio.shield(ready), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            self._owner = None  # stuck in ray.init: nothing to shut down
+            raise TimeoutError(
+                f"no answer from the Ray cluster in {CONNECT_TIMEOUT_S:.0f} s"
+            ) from None
         resources = ray.cluster_resources()
         logger.info(
             "Ray: %s, %g CPUs, %g GPUs",
@@ -303,7 +317,22 @@ class RayCluster:
         owner, self._owner = self._owner, None
         if owner is not None:
             self._release.set()
-            await asyncio.to_thread(owner.join)
+            await asyncio.to_thread(owner.join, CONNECT_TIMEOUT_S)
+
+
+def _check_reachable(address: str) -> None:
+    """A `host:port` nobody answers on fails now, with the reason, rather than after ray.init's
+    minutes of retries. (`auto` and `ray://` addresses are Ray's to check.)"""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"nothing answers at {address} ({error.strerror or error}): is the head's "
+            "`ray start --head` running, and is that its address?"
+        ) from None
 
 
 def _use_the_clusters_token() -> None:

@@ -187,3 +187,32 @@ def torch_sees_cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.parametrize(
+    ("workers", "says"),
+    [
+        (
+            'count = 2\n[inference]\ndevice = "cuda:1"',
+            "workers.count is 2 but inference.device names one GPU ('cuda:1')",
+        ),
+        (
+            'backend = "ray"\nray_address = "127.0.0.1:{port}"',
+            "cannot start Ray at 127.0.0.1:{port} (ConnectionError: nothing answers at "
+            "127.0.0.1:{port} (Connection refused)",
+        ),
+    ],
+    ids=["two local workers on one gpu", "no ray cluster at the address"],
+)
+def test_workers_that_cannot_start_stop_the_start_in_one_line(
+    tiny_model: TinyModel, tmp_path: Path, workers: str, says: str
+) -> None:
+    port = closed_port()
+    config = write_config(tmp_path, tiny_model, tmp_path / "data", f"127.0.0.1:{closed_port()}")
+    config.write_text(config.read_text() + "\n[workers]\n" + workers.format(port=port) + "\n")
+    result = run(config)
+    # Ray, once imported, adds its own warning lines: the last line is still the one error.
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("imagine-bot: ") and says.format(port=port) in last, last
