@@ -203,9 +203,20 @@ class WorkersConfig(_Section):
 
     backend: Literal["local", "ray"]
     count: StrictInt = Field(ge=1, le=256)
-    # Empty: the bot starts a private Ray instance; "auto" or "ray://host:10001": join one.
+    # Empty: the bot starts a private Ray instance; "auto" or "HEAD_IP:6379": join the
+    # cluster this machine is a node of (see README, "Several GPUs and machines").
     ray_address: StrictStr
     gpus_per_worker: Literal["auto"] | float
+
+    @field_validator("ray_address")
+    @classmethod
+    def _not_ray_client(cls, value: str) -> str:
+        if value.startswith("ray://"):
+            raise ValueError(
+                "Ray Client addresses (ray://) are not supported: make this machine a node of "
+                "the cluster (`ray start --address=HEAD_IP:6379 --num-gpus=0`) and use 'auto'"
+            )
+        return value
 
     @field_validator("gpus_per_worker", mode="before")
     @classmethod

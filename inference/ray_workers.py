@@ -322,7 +322,7 @@ class RayCluster:
 
 def _check_reachable(address: str) -> None:
     """A `host:port` nobody answers on fails now, with the reason, rather than after ray.init's
-    minutes of retries. (`auto` and `ray://` addresses are Ray's to check.)"""
+    minutes of retries. (`auto` is Ray's to check.)"""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return

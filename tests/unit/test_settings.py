@@ -143,6 +143,12 @@ def test_workers_settings_and_their_errors(tmp_path: Path) -> None:
         ("backend = 'k8s'", "workers.backend: 'k8s' is not one of 'local' or 'ray'"),
         ("count = 0", "workers.count: must be at least 1, not 0"),
         (
+            "ray_address = 'ray://head:10001'",
+            "workers.ray_address: Ray Client addresses (ray://) are not supported: make this "
+            "machine a node of the cluster (`ray start --address=HEAD_IP:6379 --num-gpus=0`) "
+            "and use 'auto'",
+        ),
+        (
             "gpus_per_worker = -1",
             "workers.gpus_per_worker: must be 'auto' or a number of GPUs ≥ 0 (0.5: two on one), "
             "not -1",
