@@ -150,12 +150,13 @@ def local_devices(device: str, count: int, cuda_devices: int) -> list[str]:
                 "workers.count, or use workers.backend = 'ray' to add other machines' GPUs."
             )
         return [f"cuda:{i}" for i in range(count)]
-    if device.startswith("cuda"):
+    if device.startswith("cuda:"):
         raise ValueError(
             f"workers.count is {count} but inference.device names one GPU ({device!r}): "
             "set inference.device to 'auto' or 'cuda' to give each worker its own GPU."
         )
-    # CPU or MPS: the workers share the device (each with its own copy of the model).
+    # CPU or MPS: the workers share the device (each with its own copy of the model). ("cuda"
+    # on a machine without CUDA ends here too; the warm-up's device check says what is wrong.)
     return [device] * count
 
 
