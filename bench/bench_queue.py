@@ -49,11 +49,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from bench.common import (
-    RESULTS,
-    ROOT,
-    append_row,
     commit,
     device,
+    finish_run,
     percentile,
     print_table,
     today,
@@ -668,13 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     lag, overhead, load = asyncio.run(run(args))
     loadavg = (before, os.getloadavg()[0])
     cells, correct = report(lag, overhead, load, loadavg, args)
-    print(
-        f"\ntotal {time.perf_counter() - started:.0f} s; 1-min load average {loadavg[0]:.1f} at"
-        f" the start, {loadavg[1]:.1f} at the end, on {os.cpu_count()} CPUs"
-    )
-    if not args.no_record:
-        append_row(SECTION, INTRO, COLUMNS, cells)
-        print(f"appended to {RESULTS.relative_to(ROOT)}")
+    finish_run(started, loadavg, not args.no_record, (SECTION, INTRO, COLUMNS, cells))
     return 0 if correct else 1
 
 

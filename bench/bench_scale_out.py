@@ -47,11 +47,9 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
-    RESULTS,
-    ROOT,
-    append_row,
     commit,
     device,
+    finish_run,
     percentile,
     print_table,
     today,
@@ -507,13 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = asyncio.run(measure(args, Path(scratch)))
     loadavg = (before, os.getloadavg()[0])
     cells, correct = report(measured, args, loadavg)
-    print(
-        f"\ntotal {time.perf_counter() - started:.0f} s; 1-min load average {loadavg[0]:.1f} at"
-        f" the start, {loadavg[1]:.1f} at the end, on {os.cpu_count()} CPUs"
-    )
-    if not args.no_record:
-        append_row(SECTION, INTRO, COLUMNS, cells)
-        print(f"appended to {RESULTS.relative_to(ROOT)}")
+    finish_run(started, loadavg, not args.no_record, (SECTION, INTRO, COLUMNS, cells))
     return 0 if correct else 1
 
 

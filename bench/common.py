@@ -10,6 +10,7 @@ import platform
 import re
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,6 +97,23 @@ def append_row(section: str, intro: str, columns: list[str], cells: list[str]) -
     temporary = RESULTS.with_suffix(".md.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(RESULTS)
+
+
+def finish_run(
+    started: float,
+    loadavg: tuple[float, float],
+    record: bool,
+    row: tuple[str, str, list[str], list[str]],
+) -> None:
+    """The closing lines of a run: time and machine load, then (if `record`) the row
+    (section, intro, columns, cells) appended to RESULTS.md."""
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s; 1-min load average {loadavg[0]:.1f} at"
+        f" the start, {loadavg[1]:.1f} at the end, on {os.cpu_count()} CPUs"
+    )
+    if record:
+        append_row(*row)
+        print(f"appended to {RESULTS.relative_to(ROOT)}")
 
 
 def print_table(columns: list[str], rows: list[list[str]]) -> None:

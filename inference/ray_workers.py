@@ -58,6 +58,7 @@ class GeneratorActor:
         self.generator = make_generator()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
         self.cancelled: dict[int, set[int]] = {}  # batch id -> cancelled request indices
+        self.last_finished = 0  # batch ids only grow: a cancel for one this old came too late
 
     def pid(self) -> int:
         return os.getpid()
@@ -67,7 +68,8 @@ class GeneratorActor:
         await loop.run_in_executor(self.executor, self.generator.warm_up, model)
 
     async def cancel(self, batch_id: int, indices: list[int]) -> None:
-        self.cancelled.setdefault(batch_id, set()).update(indices)
+        if batch_id > self.last_finished:  # it may arrive before its batch starts
+            self.cancelled.setdefault(batch_id, set()).update(indices)
 
     async def generate(
         self, batch_id: int, job_ids: list[int], requests: list[GenerationRequest], previews: bool
@@ -105,6 +107,7 @@ class GeneratorActor:
                 yield ("results", results)
         finally:
             self.cancelled.pop(batch_id, None)
+            self.last_finished = max(self.last_finished, batch_id)
 
 
 @dataclass(frozen=True)
